@@ -1,0 +1,47 @@
+# The front door: `make help` lists every target.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test lint format migrate keys-rotate client clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the project with its dev tools
+
+run: $(STAMP) ## Serve on http://127.0.0.1:8000 (embedded: SQLite, in-process stores)
+	$(BIN)/oidc-server db upgrade
+	$(BIN)/oidc-server serve
+
+test: $(STAMP) ## Run the whole test suite (PostgreSQL/Redis when TEST_DATABASE_URL/TEST_REDIS_URL are set)
+	$(BIN)/pytest
+
+lint: $(STAMP) ## ruff: lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP) ## ruff: fix what can be fixed and format
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+migrate: $(STAMP) ## Apply database migrations (DATABASE_URL) and create the first-party client
+	$(BIN)/oidc-server db upgrade
+
+keys-rotate: $(STAMP) ## Make a new current signing key
+	$(BIN)/oidc-server keys rotate
+
+client: $(STAMP) ## Create a machine client for the roles API: make client NAME=billing
+	$(BIN)/oidc-server clients create --name "$(or $(NAME),machine-client)" \
+		--grant-type client_credentials --scope "roles:read roles:write" --json
+
+clean: ## Remove the virtualenv and caches (keeps instance/ and keys/)
+	rm -rf $(VENV) .pytest_cache .ruff_cache

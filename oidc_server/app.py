@@ -1,0 +1,40 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from . import context
+from .config import Settings
+from .logs import configure_logging
+from .oauth import server as oauth_server
+from .services import Services
+from .tokens.store import TokenStore
+from .web import errors, health, oauth, wellknown
+
+
+def create_app(settings: Settings | None = None, store: TokenStore | None = None) -> Flask:
+    """Build an app from ``settings`` (default: the environment). Creates the first key if none."""
+    settings = settings or Settings.from_env()
+    configure_logging(settings.log_level)
+    app = Flask(__name__, instance_path=settings.instance_dir)
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        MAX_CONTENT_LENGTH=settings.max_content_length,
+        JSON_SORT_KEYS=False,
+    )
+    if settings.trust_proxy_headers:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)  # type: ignore[method-assign]
+
+    svc = Services.build(settings, store=store)
+    svc.keyring.ensure_key()
+    app.extensions["oidc"] = svc
+
+    context.init_app(app)
+    errors.init_app(app)
+    oauth_server.init_app(app)
+    app.register_blueprint(wellknown.bp)
+    app.register_blueprint(oauth.bp)
+    app.register_blueprint(health.bp)
+    return app

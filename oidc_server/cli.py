@@ -1,0 +1,169 @@
+"""The operator's command line: ``oidc-server``."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from . import accounts
+from .bootstrap import ensure_first_party_client
+from .clients import GRANT_TYPES, SCOPES_SUPPORTED, ClientError, create_client
+from .config import ConfigError, Settings
+from .db import Database, upgrade
+from .keys import KeyRing
+from .models import Role, UserRole
+from .security import PasswordHasher
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Operate the cinema's OAuth 2.0 / OpenID Connect server."""
+
+
+@main.command()
+@click.option("--host", default=None, help="Interface to listen on (default: HOST or 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default: PORT or 8000).")
+def serve(host: str | None, port: int | None) -> None:
+    """Run the development server (single process; use gunicorn in production)."""
+    from .app import create_app
+
+    settings = _settings()
+    app = create_app(settings)
+    app.run(host=host or settings.host, port=port or settings.port, threaded=True)
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Apply migrations, then create the first-party client if it is missing."""
+    settings = _settings()
+    upgrade(settings.resolved_database_url, revision)
+    database = Database(settings.resolved_database_url)
+    with database.session() as session:
+        if ensure_first_party_client(session, settings):
+            click.echo(f"created first-party client {settings.first_party_client_id}")
+    database.dispose()
+    click.echo("database is up to date")
+
+
+@main.group()
+def keys() -> None:
+    """Signing keys."""
+
+
+@keys.command("rotate")
+def keys_rotate() -> None:
+    """Make a new current signing key; old keys stay in the JWKS until their tokens expire."""
+    settings = _settings()
+    ring = KeyRing(settings.oidc_keys_dir, max_token_lifetime=settings.access_token_ttl)
+    key = ring.rotate()
+    click.echo(json.dumps({"kid": key.kid, "published": [k.kid for k in ring.published()]}))
+
+
+@main.group()
+def clients() -> None:
+    """OAuth clients."""
+
+
+@clients.command("create")
+@click.option("--name", required=True, help="Human-readable name.")
+@click.option(
+    "--grant-type",
+    "grant_types",
+    multiple=True,
+    required=True,
+    type=click.Choice(GRANT_TYPES),
+    help="Allowed grant type; repeat for several.",
+)
+@click.option(
+    "--scope", default="", help=f"Space-separated scopes among: {' '.join(SCOPES_SUPPORTED)}."
+)
+@click.option("--public", is_flag=True, help="Public client: no secret.")
+@click.option("--first-party", is_flag=True, help="One of the cinema's own apps.")
+@click.option("--json", "as_json", is_flag=True, help="Print the credentials as JSON.")
+def clients_create(
+    name: str,
+    grant_types: tuple[str, ...],
+    scope: str,
+    public: bool,
+    first_party: bool,
+    as_json: bool,
+) -> None:
+    """Register a client. Its secret is printed once and stored only as a keyed hash."""
+    settings = _settings()
+    database = Database(settings.resolved_database_url)
+    try:
+        with database.session() as session:
+            new = create_client(
+                session,
+                settings.secret_key,
+                name=name,
+                grant_types=list(grant_types),
+                scopes=scope.split(),
+                confidential=not public,
+                first_party=first_party,
+            )
+    except ClientError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        database.dispose()
+    credentials = {"client_id": new.client_id, "client_secret": new.client_secret}
+    if as_json:
+        click.echo(json.dumps(credentials))
+    else:
+        click.echo(f"client_id:     {new.client_id}")
+        if new.client_secret:
+            click.echo(f"client_secret: {new.client_secret}  (shown once; store it now)")
+
+
+@main.group()
+def users() -> None:
+    """Users."""
+
+
+@users.command("create-admin")
+@click.argument("email")
+def users_create_admin(email: str) -> None:
+    """Create a user with the admin role. The password is prompted for, or read from stdin."""
+    settings = _settings()
+    if sys.stdin.isatty():
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if len(password) < 8:
+        raise click.ClickException("the password must have at least 8 characters")
+    hasher = PasswordHasher(
+        settings.password_hash_time_cost,
+        settings.password_hash_memory_cost,
+        settings.password_hash_parallelism,
+    )
+    database = Database(settings.resolved_database_url)
+    try:
+        with database.session() as session:
+            user = accounts.create_user(session, hasher, email, password)
+            admin = session.query(Role).filter_by(name="admin").one_or_none()
+            if admin is None:
+                admin = Role(name="admin", description="Full administrative access")
+                session.add(admin)
+                session.flush()
+            session.add(UserRole(user_id=user.id, role_id=admin.id))
+            user_id = str(user.id)
+    except accounts.AccountError as exc:
+        raise click.ClickException(exc.message) from None
+    finally:
+        database.dispose()
+    click.echo(json.dumps({"id": user_id, "login": email.lower(), "roles": ["admin"]}))

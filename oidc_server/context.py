@@ -1,0 +1,36 @@
+"""Per-app services and per-request database sessions, for the web and OAuth glue layers."""
+
+from __future__ import annotations
+
+from flask import Flask, current_app, g, request
+from sqlalchemy.orm import Session
+
+from .services import Services
+
+
+def services() -> Services:
+    return current_app.extensions["oidc"]
+
+
+def db_session() -> Session:
+    """The request's database session, opened on first use and closed at teardown."""
+    if "db_session" not in g:
+        g.db_session = services().db.sessions()
+    return g.db_session
+
+
+def client_ip() -> str:
+    return request.remote_addr or ""
+
+
+def user_agent() -> str:
+    return request.headers.get("User-Agent", "")[:512]
+
+
+def init_app(app: Flask) -> None:
+    @app.teardown_appcontext
+    def _close_db_session(_exc: BaseException | None) -> None:
+        session = g.pop("db_session", None)
+        if session is not None:
+            session.rollback()
+            session.close()

@@ -1,0 +1,158 @@
+"""RS256 signing keys kept as PEM files, shared by every worker through the keys folder.
+
+Each key is ``<created_unix>-<kid>.pem`` (mode 0600); ``kid`` is the RFC 7638 thumbprint.
+The newest file is the current signing key. An older key is retired when the next one was
+created and stays published in the JWKS until every token it signed has expired. Workers
+notice a rotation by the folder's modification time, so no restart is needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import itertools
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from joserfc.jwk import RSAKey
+
+KEY_SIZE = 2048
+#: How often a worker looks at the folder for a rotation done by another process.
+RELOAD_INTERVAL = 1.0
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    kid: str
+    created_at: int
+    key: RSAKey
+    path: Path
+
+    def public_jwk(self) -> dict[str, Any]:
+        jwk = self.key.as_dict(private=False)
+        jwk.update(kid=self.kid, alg="RS256", use="sig")
+        return jwk
+
+
+def _load(path: Path) -> SigningKey:
+    created, _, kid = path.stem.partition("-")
+    key = RSAKey.import_key(path.read_bytes())
+    return SigningKey(kid=kid, created_at=int(created), key=key, path=path)
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def write_new_key(folder: Path, now: int | None = None) -> SigningKey:
+    """Generate a key and move it into place atomically, readable by its owner only."""
+    folder.mkdir(parents=True, exist_ok=True)
+    created = int(time.time()) if now is None else now
+    key = RSAKey.generate_key(KEY_SIZE, private=True)
+    kid = key.thumbprint()
+    final = folder / f"{created:012d}-{kid}.pem"
+    tmp = folder / f".{kid}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(key.as_pem(private=True))
+    os.replace(tmp, final)
+    return _load(final)
+
+
+class KeyRing:
+    """The signing keys in ``folder``: the current one and those still published."""
+
+    def __init__(
+        self, folder: str | Path, max_token_lifetime: int, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.folder = Path(folder)
+        self.max_token_lifetime = max_token_lifetime
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._keys: list[SigningKey] = []
+        self._folder_mtime = -1
+        self._checked_at = 0.0
+
+    def ensure_key(self) -> None:
+        """Create the first key if the folder has none (safe when workers race to do it)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with _folder_lock(self.folder):
+            if not self._paths():
+                write_new_key(self.folder, int(self._clock()))
+        self._reload(force=True)
+
+    def rotate(self) -> SigningKey:
+        """Make a new current key and delete keys no token can still need."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with _folder_lock(self.folder):
+            key = write_new_key(self.folder, int(self._clock()))
+            self._reload(force=True)
+            for expired in self._expired():
+                expired.path.unlink(missing_ok=True)
+        self._reload(force=True)
+        return key
+
+    @property
+    def current(self) -> SigningKey:
+        keys = self._fresh_keys()
+        if not keys:
+            raise RuntimeError(f"no signing key in {self.folder}")
+        return keys[-1]
+
+    def published(self) -> list[SigningKey]:
+        """The current key and retired keys whose tokens may not have expired yet, newest first."""
+        keys = self._fresh_keys()
+        expired = {k.kid for k in self._expired(keys)}
+        return [k for k in reversed(keys) if k.kid not in expired]
+
+    def find(self, kid: str) -> SigningKey | None:
+        for key in self.published():
+            if key.kid == kid:
+                return key
+        return None
+
+    def jwks(self) -> dict[str, Any]:
+        return {"keys": [k.public_jwk() for k in self.published()]}
+
+    def _expired(self, keys: list[SigningKey] | None = None) -> list[SigningKey]:
+        keys = self._keys if keys is None else keys
+        now = self._clock()
+        # A key is retired when its successor was created; its tokens live at most
+        # max_token_lifetime after that (plus a minute of clock skew).
+        return [
+            older
+            for older, newer in itertools.pairwise(keys)
+            if newer.created_at + self.max_token_lifetime + 60 < now
+        ]
+
+    def _paths(self) -> list[Path]:
+        return sorted(p for p in self.folder.glob("*.pem") if not p.name.startswith("."))
+
+    def _fresh_keys(self) -> list[SigningKey]:
+        if time.monotonic() - self._checked_at > RELOAD_INTERVAL:
+            self._reload()
+        return self._keys
+
+    def _reload(self, force: bool = False) -> None:
+        with self._lock:
+            self._checked_at = time.monotonic()
+            try:
+                mtime = self.folder.stat().st_mtime_ns
+            except FileNotFoundError:
+                self._keys = []
+                return
+            if not force and mtime == self._folder_mtime:
+                return
+            self._folder_mtime = mtime
+            self._keys = [_load(p) for p in self._paths()]

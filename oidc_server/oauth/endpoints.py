@@ -1,0 +1,123 @@
+"""Revocation (RFC 7009) and introspection (RFC 7662) for both kinds of our tokens."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from authlib.oauth2.rfc7009 import RevocationEndpoint as _RevocationEndpoint
+from authlib.oauth2.rfc7662 import IntrospectionEndpoint as _IntrospectionEndpoint
+
+from .. import accounts
+from ..context import db_session, services
+from ..tokens.service import split_refresh_token
+
+
+@dataclass
+class FoundToken:
+    """An access token (verified claims) or a refresh token (its record) found by string."""
+
+    kind: str  # "access_token" | "refresh_token"
+    client_id: str
+    claims: dict[str, Any]
+    revoked: bool = False
+
+    def check_client(self, client: Any) -> bool:
+        return client.get_client_id() == self.client_id
+
+    def is_expired(self) -> bool:
+        return self.claims["exp"] <= time.time()
+
+    def is_revoked(self) -> bool:
+        return self.revoked
+
+
+def find_token(token_string: str, hint: str | None) -> FoundToken | None:
+    """Look the token up as the hinted kind first, then as the other (RFC 7009 §2.1)."""
+    kinds = (
+        ["refresh_token", "access_token"]
+        if hint == "refresh_token"
+        else [
+            "access_token",
+            "refresh_token",
+        ]
+    )
+    for kind in kinds:
+        found = (
+            _find_access(token_string) if kind == "access_token" else _find_refresh(token_string)
+        )
+        if found is not None:
+            return found
+    return None
+
+
+def _find_access(token_string: str) -> FoundToken | None:
+    claims = services().tokens.verify_access_token(token_string)
+    if claims is None:
+        return None
+    return FoundToken("access_token", claims["client_id"], claims)
+
+
+def _find_refresh(token_string: str) -> FoundToken | None:
+    if split_refresh_token(token_string) is None:
+        return None
+    found = services().tokens.peek_refresh_token(token_string)
+    if found is None:
+        return None
+    record, spent = found
+    claims = {
+        "sub": record.user_id,
+        "client_id": record.client_id,
+        "scope": record.scope,
+        "iat": record.issued_at,
+        "exp": record.expires_at,
+        "sid": record.sid,
+    }
+    return FoundToken("refresh_token", record.client_id, claims, revoked=spent)
+
+
+class RevocationEndpoint(_RevocationEndpoint):
+    """RFC 7009. Public clients may revoke their own tokens, so ``none`` is accepted."""
+
+    CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+
+    def query_token(self, token_string: str, token_type_hint: str | None) -> FoundToken | None:
+        return find_token(token_string, token_type_hint)
+
+    def revoke_token(self, token: FoundToken, request: Any) -> None:
+        tokens = services().tokens
+        if token.kind == "access_token":
+            tokens.revoke_access_token(token.claims)
+        else:
+            # §2.1: revoking a refresh token ends its grant, access tokens included.
+            tokens.end_session(token.claims["sid"])
+
+
+class IntrospectionEndpoint(_IntrospectionEndpoint):
+    """RFC 7662, for confidential clients (resource servers) only."""
+
+    CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+
+    def query_token(self, token_string: str, token_type_hint: str | None) -> FoundToken | None:
+        return find_token(token_string, token_type_hint)
+
+    def check_permission(self, token: FoundToken, client: Any, request: Any) -> bool:
+        return bool(client.is_confidential)
+
+    def introspect_token(self, token: FoundToken) -> dict[str, Any]:
+        claims = token.claims
+        body: dict[str, Any] = {
+            "active": True,
+            "token_type": "Bearer" if token.kind == "access_token" else "refresh_token",
+            "iss": services().settings.oidc_issuer,
+            **{k: v for k, v in claims.items() if k != "roles"},
+        }
+        if "sid" in claims:
+            # Roles as they are now, not as they were when the token was issued.
+            user = accounts.get_user(db_session(), claims["sub"])
+            if user is None or not user.is_active:
+                return {"active": False}
+            body["roles"] = accounts.role_names(db_session(), user.id)
+            body["username"] = user.login
+        return body

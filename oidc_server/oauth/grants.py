@@ -1,0 +1,184 @@
+"""The token endpoint's grants (RFC 6749 §4.3, §4.4, §6), filling Authlib's hooks.
+
+Each grant lets Authlib parse and authenticate the request, then hands issuing to
+``TokenService`` so that sessions, refresh rotation and reuse detection live in one place.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from authlib.oauth2.rfc6749 import grants
+from authlib.oauth2.rfc6749.errors import (
+    InvalidGrantError,
+    InvalidRequestError,
+    InvalidScopeError,
+    UnauthorizedClientError,
+)
+
+from .. import accounts
+from ..context import client_ip, db_session, services, user_agent
+from ..history import record_login
+from ..models import User
+from ..tokens.service import LoginContext, RefreshTokenInvalid, RefreshTokenReused
+
+log = logging.getLogger(__name__)
+
+
+def _check_scope(client: Any, scope: str | None) -> str:
+    """The scope to grant: what was asked, if the client may have all of it (RFC 6749 §3.3)."""
+    if not client.allows_scope(scope):
+        raise InvalidScopeError("The requested scope is not allowed for this client.")
+    return client.get_allowed_scope(scope)
+
+
+def _single_valued(request: Any, *names: str) -> None:
+    """RFC 6749 §3.2: request parameters must not be repeated."""
+    for name in names:
+        if len(request.form.getlist(name)) > 1:
+            raise InvalidRequestError(f"Parameter '{name}' is repeated.")
+
+
+class PasswordGrant(grants.ResourceOwnerPasswordCredentialsGrant):
+    """Resource owner password credentials, for first-party apps only (RFC 9700 §2.4)."""
+
+    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+    LOGIN_METHOD = "password"
+
+    def validate_token_request(self) -> None:
+        _single_valued(self.request, "username", "password", "scope")
+        client = self.authenticate_token_endpoint_client()
+        if not client.check_grant_type(self.GRANT_TYPE) or not client.is_first_party:
+            raise UnauthorizedClientError(
+                f"The client is not authorized to use 'grant_type={self.GRANT_TYPE}'"
+            )
+        form = self.request.form
+        username, password = form.get("username"), form.get("password")
+        if not username or password is None:
+            raise InvalidRequestError("Missing 'username' or 'password' in request.")
+        self.request.client = client
+        self.request.granted_scope = _check_scope(client, self.request.payload.scope)
+        self.request.user = self.authenticate_user(username, password)
+
+    def authenticate_user(self, username: str, password: str) -> User:
+        session = db_session()
+        svc = services()
+        user = accounts.authenticate(session, svc.hasher, username, password)
+        if user is None:
+            known = accounts.find_user_by_login(session, username)
+            if known is not None:
+                record_login(
+                    session,
+                    user_id=known.id,
+                    method=self.LOGIN_METHOD,
+                    success=False,
+                    user_agent=user_agent(),
+                    ip=client_ip(),
+                )
+                session.commit()
+            # One answer for an unknown login, a wrong password and a disabled account.
+            raise InvalidGrantError("Invalid username or password.")
+        return user
+
+    def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
+        session = db_session()
+        user: User = self.request.user
+        token, login = services().tokens.start_session(
+            LoginContext(
+                user_id=str(user.id),
+                client_id=self.request.client.client_id,
+                scope=self.request.granted_scope,
+                roles=accounts.role_names(session, user.id),
+                auth_method=self.LOGIN_METHOD,
+                user_agent=user_agent(),
+                ip=client_ip(),
+            )
+        )
+        record_login(
+            session,
+            user_id=user.id,
+            method=self.LOGIN_METHOD,
+            success=True,
+            user_agent=user_agent(),
+            ip=client_ip(),
+            session_id=login.sid,
+        )
+        try:
+            session.commit()  # also keeps a password rehash done while authenticating
+        except Exception:
+            services().tokens.end_session(login.sid)  # no session without its history row
+            raise
+        return 200, token, self.TOKEN_RESPONSE_HEADER
+
+
+class RefreshTokenGrant(grants.RefreshTokenGrant):
+    """Refresh with rotation: every use spends the token and returns a new one (RFC 9700 §4.14)."""
+
+    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+    INCLUDE_NEW_REFRESH_TOKEN = True
+
+    def validate_token_request(self) -> None:
+        _single_valued(self.request, "refresh_token", "scope")
+        super().validate_token_request()
+
+    def authenticate_refresh_token(self, refresh_token: str) -> Any:
+        found = services().tokens.peek_refresh_token(refresh_token)
+        return None if found is None else _RefreshView(found[0].client_id, found[0].scope)
+
+    def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
+        tokens = services().tokens
+        session = db_session()
+        presented = self.request.form["refresh_token"]
+        found = tokens.peek_refresh_token(presented)
+        user = accounts.get_user(session, found[0].user_id) if found else None
+        if user is None or not user.is_active:
+            raise InvalidGrantError("The refresh token is not valid.")
+        try:
+            token, _ = tokens.refresh(
+                presented, self.request.payload.scope, accounts.role_names(session, user.id)
+            )
+        except RefreshTokenReused as reused:
+            log.warning(
+                "refresh token reuse detected; session ended",
+                extra={"sid": reused.record.sid, "user_id": reused.record.user_id},
+            )
+            raise InvalidGrantError("The refresh token is not valid.") from None
+        except RefreshTokenInvalid:
+            raise InvalidGrantError("The refresh token is not valid.") from None
+        return 200, token, self.TOKEN_RESPONSE_HEADER
+
+
+class _RefreshView:
+    """What Authlib's refresh grant checks before ours rotates the token."""
+
+    def __init__(self, client_id: str, scope: str) -> None:
+        self.client_id = client_id
+        self.scope = scope
+
+    def check_client(self, client: Any) -> bool:
+        return client.get_client_id() == self.client_id
+
+    def get_scope(self) -> str:
+        return self.scope
+
+
+class ClientCredentialsGrant(grants.ClientCredentialsGrant):
+    """Machine clients: a token for the client itself, no refresh token (RFC 6749 §4.4)."""
+
+    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+
+    def validate_token_request(self) -> None:
+        _single_valued(self.request, "scope")
+        client = self.authenticate_token_endpoint_client()
+        if not client.check_grant_type(self.GRANT_TYPE):
+            raise UnauthorizedClientError(
+                f"The client is not authorized to use 'grant_type={self.GRANT_TYPE}'"
+            )
+        self.request.client = client
+        self.request.granted_scope = _check_scope(client, self.request.payload.scope)
+
+    def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
+        client = self.request.client
+        token = services().tokens.issue_client_token(client.client_id, self.request.granted_scope)
+        return 200, token, self.TOKEN_RESPONSE_HEADER

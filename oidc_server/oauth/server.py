@@ -1,0 +1,37 @@
+"""Authlib's ``AuthorizationServer`` wired to our clients, grants and endpoints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from authlib.integrations.flask_oauth2 import AuthorizationServer as _AuthorizationServer
+from flask import Flask, current_app
+
+from ..clients import SCOPES_SUPPORTED, RegisteredClient, find_client
+from ..context import db_session, services
+from .endpoints import IntrospectionEndpoint, RevocationEndpoint
+from .grants import ClientCredentialsGrant, PasswordGrant, RefreshTokenGrant
+
+
+class AuthorizationServer(_AuthorizationServer):
+    def query_client(self, client_id: str) -> RegisteredClient | None:
+        return find_client(db_session(), services().settings.secret_key, client_id)
+
+    def save_token(self, token: dict[str, Any], request: Any) -> None:
+        """Tokens are stored by ``TokenService`` as they are issued; nothing more to keep."""
+
+
+def authorization_server() -> AuthorizationServer:
+    return current_app.extensions["authorization_server"]
+
+
+def init_app(app: Flask) -> None:
+    app.config["OAUTH2_SCOPES_SUPPORTED"] = list(SCOPES_SUPPORTED)
+    server = AuthorizationServer()
+    server.init_app(app)
+    server.register_grant(PasswordGrant)
+    server.register_grant(RefreshTokenGrant)
+    server.register_grant(ClientCredentialsGrant)
+    server.register_endpoint(RevocationEndpoint)
+    server.register_endpoint(IntrospectionEndpoint)
+    app.extensions["authorization_server"] = server

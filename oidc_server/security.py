@@ -1,0 +1,58 @@
+"""Password hashing (argon2id) and client secret hashing (keyed SHA-256)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+from argon2 import PasswordHasher as _Argon2
+from argon2 import Type
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+
+class PasswordHasher:
+    """argon2id hashing that tells callers when a stored hash needs rehashing."""
+
+    def __init__(self, time_cost: int, memory_cost: int, parallelism: int) -> None:
+        self._argon2 = _Argon2(
+            time_cost=time_cost, memory_cost=memory_cost, parallelism=parallelism, type=Type.ID
+        )
+        # Verified for unknown logins so that they cost the same time as a wrong password.
+        self._dummy_hash = self._argon2.hash(secrets.token_urlsafe(16))
+
+    def hash(self, password: str) -> str:
+        return self._argon2.hash(password)
+
+    def verify(self, stored_hash: str | None, password: str) -> bool:
+        """Check ``password``; a missing hash still costs one verification."""
+        try:
+            return self._argon2.verify(stored_hash or self._dummy_hash, password) and bool(
+                stored_hash
+            )
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return False
+
+    def needs_rehash(self, stored_hash: str) -> bool:
+        return self._argon2.check_needs_rehash(stored_hash)
+
+
+def generate_client_secret() -> str:
+    """256 random bits, URL-safe."""
+    return secrets.token_urlsafe(32)
+
+
+def hash_client_secret(secret_key: str, client_secret: str) -> str:
+    """Client secrets are high-entropy and ours, so a keyed fast hash is enough (no argon2)."""
+    return hmac.new(secret_key.encode(), client_secret.encode(), hashlib.sha256).hexdigest()
+
+
+def check_client_secret(secret_key: str, client_secret: str, stored_hash: str | None) -> bool:
+    if not stored_hash:
+        return False
+    return hmac.compare_digest(hash_client_secret(secret_key, client_secret), stored_hash)
+
+
+def hash_token(token: str) -> str:
+    """Refresh tokens are stored by this digest only; the token itself is 256 random bits."""
+    return hashlib.sha256(token.encode()).hexdigest()

@@ -1,0 +1,53 @@
+"""The long-lived objects one app holds, built from settings in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import Settings
+from .db import Database
+from .keys import KeyRing
+from .security import PasswordHasher
+from .tokens.access_tokens import AccessTokenCodec
+from .tokens.memory_store import MemoryTokenStore
+from .tokens.redis_store import RedisTokenStore
+from .tokens.service import TokenService
+from .tokens.store import TokenStore
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    store: TokenStore
+    keyring: KeyRing
+    tokens: TokenService
+    hasher: PasswordHasher
+
+    @classmethod
+    def build(cls, settings: Settings, store: TokenStore | None = None) -> Services:
+        if store is None:
+            store = (
+                RedisTokenStore.from_url(settings.redis_url)
+                if settings.redis_url
+                else MemoryTokenStore()
+            )
+        keyring = KeyRing(settings.oidc_keys_dir, max_token_lifetime=settings.access_token_ttl)
+        codec = AccessTokenCodec(
+            keyring,
+            issuer=settings.oidc_issuer,
+            audience=settings.access_token_audience,
+            ttl=settings.access_token_ttl,
+        )
+        return cls(
+            settings=settings,
+            db=Database(settings.resolved_database_url),
+            store=store,
+            keyring=keyring,
+            tokens=TokenService(store, codec, settings.refresh_token_ttl),
+            hasher=PasswordHasher(
+                time_cost=settings.password_hash_time_cost,
+                memory_cost=settings.password_hash_memory_cost,
+                parallelism=settings.password_hash_parallelism,
+            ),
+        )

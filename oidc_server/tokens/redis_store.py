@@ -1,0 +1,208 @@
+"""Redis token store, shared by every worker and node.
+
+Keys of one session share the hash tag ``{sid}`` so that the rotation script, which touches
+the session and two of its refresh tokens, stays on one Redis Cluster slot.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+import redis
+
+from .store import (
+    RefreshRecord,
+    RotateOutcome,
+    RotateResult,
+    SessionRecord,
+    StoreUnavailable,
+    TokenStore,
+)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# KEYS: session, old refresh token, new refresh token. ARGV: now, ttl.
+# Spent tokens keep their own TTL so reuse is recognised for as long as they could have lived.
+_ROTATE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'invalid'} end
+local rec = redis.call('HGETALL', KEYS[2])
+if #rec == 0 then return {'invalid'} end
+if redis.call('HGET', KEYS[2], 'spent') == '1' then
+  redis.call('DEL', KEYS[1])
+  return {'reused', unpack(rec)}
+end
+redis.call('HSET', KEYS[2], 'spent', '1')
+local now = tonumber(ARGV[1])
+local ttl = tonumber(ARGV[2])
+redis.call('HSET', KEYS[3], unpack(rec))
+redis.call('HSET', KEYS[3], 'issued_at', now, 'expires_at', now + ttl, 'spent', '0')
+redis.call('EXPIRE', KEYS[3], ttl)
+redis.call('HSET', KEYS[1], 'last_used_at', now)
+redis.call('EXPIRE', KEYS[1], ttl)
+return {'rotated', unpack(rec)}
+"""
+
+
+def _fail_closed(fn: Callable[P, R]) -> Callable[P, R]:
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise StoreUnavailable("token store unavailable") from exc
+
+    return wrapper
+
+
+def _pairs(flat: list[Any]) -> dict[str, str]:
+    items = [x.decode() if isinstance(x, bytes) else x for x in flat]
+    return dict(zip(items[::2], items[1::2], strict=True))
+
+
+class RedisTokenStore(TokenStore):
+    def __init__(self, client: redis.Redis, prefix: str = "oidc") -> None:
+        self.redis = client
+        self.prefix = prefix
+        self._rotate = client.register_script(_ROTATE)
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisTokenStore:
+        client = redis.Redis.from_url(
+            url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30
+        )
+        return cls(client)
+
+    # Key layout ---------------------------------------------------------------------------
+    def _session_key(self, sid: str) -> str:
+        return f"{self.prefix}:{{{sid}}}:session"
+
+    def _refresh_key(self, sid: str, refresh_hash: str) -> str:
+        return f"{self.prefix}:{{{sid}}}:rt:{refresh_hash}"
+
+    def _user_sessions_key(self, user_id: str) -> str:
+        return f"{self.prefix}:user:{{{user_id}}}:sessions"
+
+    def _deny_key(self, jti: str) -> str:
+        return f"{self.prefix}:deny:{jti}"
+
+    def _once_key(self, namespace: str, key: str) -> str:
+        return f"{self.prefix}:once:{namespace}:{key}"
+
+    # Sessions and refresh tokens ----------------------------------------------------------
+    @_fail_closed
+    def start_session(
+        self, session: SessionRecord, refresh_hash: str, refresh: RefreshRecord, ttl: int
+    ) -> None:
+        session_key = self._session_key(session.sid)
+        refresh_key = self._refresh_key(session.sid, refresh_hash)
+        index_key = self._user_sessions_key(session.user_id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(refresh_key, mapping={**refresh.to_fields(), "spent": "0"})
+        pipe.expire(refresh_key, ttl)
+        pipe.hset(session_key, mapping=session.to_fields())
+        pipe.expire(session_key, ttl)
+        pipe.zadd(index_key, {session.sid: session.created_at})
+        pipe.expire(index_key, ttl)
+        pipe.execute()
+
+    @_fail_closed
+    def peek_refresh_token(self, sid: str, refresh_hash: str) -> tuple[RefreshRecord, bool] | None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.exists(self._session_key(sid))
+        pipe.hgetall(self._refresh_key(sid, refresh_hash))
+        alive, fields = pipe.execute()
+        if not alive or not fields:
+            return None
+        decoded = {k.decode(): v.decode() for k, v in fields.items()}
+        return RefreshRecord.from_fields(decoded), decoded.get("spent") == "1"
+
+    @_fail_closed
+    def rotate_refresh_token(
+        self, sid: str, old_hash: str, new_hash: str, now: int, ttl: int
+    ) -> RotateResult:
+        keys = [
+            self._session_key(sid),
+            self._refresh_key(sid, old_hash),
+            self._refresh_key(sid, new_hash),
+        ]
+        reply = self._rotate(keys=keys, args=[now, ttl])
+        outcome = RotateOutcome(reply[0].decode())
+        if outcome is RotateOutcome.INVALID:
+            return RotateResult(outcome)
+        record = RefreshRecord.from_fields(_pairs(reply[1:]))
+        if outcome is RotateOutcome.REUSED:
+            self.redis.zrem(self._user_sessions_key(record.user_id), sid)
+        else:
+            self.redis.expire(self._user_sessions_key(record.user_id), ttl, gt=True)
+        return RotateResult(outcome, record)
+
+    @_fail_closed
+    def get_session(self, sid: str) -> SessionRecord | None:
+        fields = self.redis.hgetall(self._session_key(sid))
+        if not fields:
+            return None
+        return SessionRecord.from_fields({k.decode(): v.decode() for k, v in fields.items()})
+
+    @_fail_closed
+    def list_sessions(self, user_id: str) -> list[SessionRecord]:
+        index_key = self._user_sessions_key(user_id)
+        sids = [s.decode() for s in self.redis.zrevrange(index_key, 0, -1)]
+        if not sids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for sid in sids:
+            pipe.hgetall(self._session_key(sid))
+        found, gone = [], []
+        for sid, fields in zip(sids, pipe.execute(), strict=True):
+            if fields:
+                found.append(
+                    SessionRecord.from_fields({k.decode(): v.decode() for k, v in fields.items()})
+                )
+            else:
+                gone.append(sid)
+        if gone:  # expired sessions leave their index entry behind; drop it here
+            self.redis.zrem(index_key, *gone)
+        return found
+
+    @_fail_closed
+    def end_session(self, sid: str) -> None:
+        session = self.get_session(sid)
+        self.redis.delete(self._session_key(sid))
+        if session is not None:
+            self.redis.zrem(self._user_sessions_key(session.user_id), sid)
+
+    # Access tokens ------------------------------------------------------------------------
+    @_fail_closed
+    def deny_access_token(self, jti: str, ttl: int) -> None:
+        if ttl > 0:
+            self.redis.set(self._deny_key(jti), b"1", ex=ttl)
+
+    @_fail_closed
+    def is_access_token_active(self, jti: str, sid: str | None) -> bool:
+        if sid is None:
+            return not self.redis.exists(self._deny_key(jti))
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.exists(self._deny_key(jti))
+        pipe.exists(self._session_key(sid))
+        denied, alive = pipe.execute()
+        return not denied and bool(alive)
+
+    # Single-use values --------------------------------------------------------------------
+    @_fail_closed
+    def put_once(self, namespace: str, key: str, value: dict[str, Any], ttl: int) -> None:
+        self.redis.set(self._once_key(namespace, key), json.dumps(value), ex=ttl)
+
+    @_fail_closed
+    def take_once(self, namespace: str, key: str) -> dict[str, Any] | None:
+        raw = self.redis.getdel(self._once_key(namespace, key))
+        return None if raw is None else json.loads(raw)
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.redis.ping())
+        except (redis.ConnectionError, redis.TimeoutError):
+            return False

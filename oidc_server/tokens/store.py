@@ -1,0 +1,159 @@
+"""The token store interface: login sessions, refresh tokens, the access-token denylist.
+
+A session is one login (the ``sid`` in its tokens). Refresh tokens belong to a session and
+are single use: ``rotate_refresh_token`` atomically spends one and stores its successor, and
+presenting a spent one ends the whole session. Access tokens are JWTs checked offline; the
+store only answers whether one was revoked (its ``jti`` denied, or its session ended).
+
+Two implementations pass the same tests: ``RedisTokenStore`` (shared by every worker) and
+``MemoryTokenStore`` (the embedded default, one process only).
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    sid: str
+    user_id: str
+    client_id: str
+    created_at: int
+    last_used_at: int
+    auth_time: int
+    auth_method: str
+    user_agent: str = ""
+    ip: str = ""
+
+    def to_fields(self) -> dict[str, str]:
+        return {k: str(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, str]) -> SessionRecord:
+        return cls(
+            sid=fields["sid"],
+            user_id=fields["user_id"],
+            client_id=fields["client_id"],
+            created_at=int(fields["created_at"]),
+            last_used_at=int(fields["last_used_at"]),
+            auth_time=int(fields["auth_time"]),
+            auth_method=fields["auth_method"],
+            user_agent=fields.get("user_agent", ""),
+            ip=fields.get("ip", ""),
+        )
+
+
+@dataclass(frozen=True)
+class RefreshRecord:
+    """What a refresh token stands for. The token itself is never stored, only its hash."""
+
+    sid: str
+    user_id: str
+    client_id: str
+    scope: str
+    issued_at: int
+    expires_at: int
+
+    def to_fields(self) -> dict[str, str]:
+        return {k: str(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, str]) -> RefreshRecord:
+        return cls(
+            sid=fields["sid"],
+            user_id=fields["user_id"],
+            client_id=fields["client_id"],
+            scope=fields["scope"],
+            issued_at=int(fields["issued_at"]),
+            expires_at=int(fields["expires_at"]),
+        )
+
+
+class RotateOutcome(enum.Enum):
+    ROTATED = "rotated"
+    #: The token was already spent: the session has been ended (reuse detection).
+    REUSED = "reused"
+    #: Unknown, expired, or its session has ended.
+    INVALID = "invalid"
+
+
+@dataclass(frozen=True)
+class RotateResult:
+    outcome: RotateOutcome
+    record: RefreshRecord | None = None
+
+
+class StoreUnavailable(RuntimeError):
+    """The backing store cannot be reached; callers fail closed."""
+
+
+class TokenStore(ABC):
+    """Storage for everything that must be shared by workers but not kept in the database."""
+
+    @abstractmethod
+    def start_session(
+        self, session: SessionRecord, refresh_hash: str, refresh: RefreshRecord, ttl: int
+    ) -> None:
+        """Store a new session and its first refresh token together."""
+
+    @abstractmethod
+    def peek_refresh_token(self, sid: str, refresh_hash: str) -> tuple[RefreshRecord, bool] | None:
+        """The record and whether it is spent, if the token and its session are alive."""
+
+    @abstractmethod
+    def rotate_refresh_token(
+        self,
+        sid: str,
+        old_hash: str,
+        new_hash: str,
+        now: int,
+        ttl: int,
+    ) -> RotateResult:
+        """Atomically spend ``old_hash`` and store ``new_hash`` for the same session.
+
+        Of any number of concurrent calls with the same ``old_hash`` exactly one rotates;
+        any later call finds it spent, ends the session and answers ``REUSED``.
+        """
+
+    @abstractmethod
+    def get_session(self, sid: str) -> SessionRecord | None: ...
+
+    @abstractmethod
+    def list_sessions(self, user_id: str) -> list[SessionRecord]:
+        """The user's live sessions, newest first."""
+
+    @abstractmethod
+    def end_session(self, sid: str) -> None:
+        """End a session: its refresh tokens stop working and its access tokens are denied."""
+
+    def end_user_sessions(self, user_id: str, keep_sid: str | None = None) -> int:
+        """End every session of a user except ``keep_sid``; returns how many ended."""
+        ended = 0
+        for session in self.list_sessions(user_id):
+            if session.sid != keep_sid:
+                self.end_session(session.sid)
+                ended += 1
+        return ended
+
+    @abstractmethod
+    def deny_access_token(self, jti: str, ttl: int) -> None:
+        """Deny one access token until it expires anyway (``ttl`` = its remaining life)."""
+
+    @abstractmethod
+    def is_access_token_active(self, jti: str, sid: str | None) -> bool:
+        """False if the token was denied or its session has ended. One round trip."""
+
+    @abstractmethod
+    def put_once(self, namespace: str, key: str, value: dict[str, Any], ttl: int) -> None:
+        """Keep a short-lived single-use value (social sign-in state, codes)."""
+
+    @abstractmethod
+    def take_once(self, namespace: str, key: str) -> dict[str, Any] | None:
+        """Return and delete the value atomically; None if absent, expired or already taken."""
+
+    @abstractmethod
+    def ping(self) -> bool: ...

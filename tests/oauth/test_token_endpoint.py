@@ -1,0 +1,316 @@
+"""POST /oauth/token: each grant's success and failure paths (RFC 6749 §4.3, §4.4, §5, §6)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from oidc_server.models import User
+
+from ..conftest import MachineClient, bearer, make_client, password_login
+
+
+def token_error(response: Any, status: int, error: str) -> None:
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.json["error"] == error
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+# client_credentials ---------------------------------------------------------------------
+
+
+def test_client_credentials_issues_an_rfc9068_token(
+    client: FlaskClient, machine: MachineClient, services: Any
+) -> None:
+    response = client.post(
+        "/oauth/token", data={"grant_type": "client_credentials"}, headers=machine.basic
+    )
+    assert response.status_code == 200
+    assert response.headers["Cache-Control"] == "no-store"
+    body = response.json
+    assert body["token_type"] == "Bearer"
+    assert body["expires_in"] == services.settings.access_token_ttl
+    assert "refresh_token" not in body
+    claims = services.tokens.verify_access_token(body["access_token"])
+    assert claims["sub"] == claims["client_id"] == machine.client_id
+    assert claims["scope"] == "roles:read roles:write"
+    assert {"iss", "aud", "exp", "iat", "jti"} <= claims.keys()
+    assert "sid" not in claims
+
+
+def test_client_credentials_with_secret_in_body(
+    client: FlaskClient, machine: MachineClient
+) -> None:
+    response = client.post(
+        "/oauth/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": machine.client_id,
+            "client_secret": machine.client_secret,
+            "scope": "roles:read",
+        },
+    )
+    assert response.status_code == 200
+    assert response.json["scope"] == "roles:read"
+
+
+def test_wrong_secret_is_invalid_client(client: FlaskClient, machine: MachineClient) -> None:
+    wrong = MachineClient(machine.client_id, "not-the-secret")
+    response = client.post(
+        "/oauth/token", data={"grant_type": "client_credentials"}, headers=wrong.basic
+    )
+    token_error(response, 401, "invalid_client")
+    assert response.headers["WWW-Authenticate"].startswith("Basic")
+
+
+def test_unknown_client_is_invalid_client(client: FlaskClient) -> None:
+    ghost = MachineClient("no-such-client", "whatever")
+    response = client.post(
+        "/oauth/token", data={"grant_type": "client_credentials"}, headers=ghost.basic
+    )
+    token_error(response, 401, "invalid_client")
+
+
+def test_scope_beyond_the_clients_is_invalid_scope(
+    client: FlaskClient, machine: MachineClient
+) -> None:
+    response = client.post(
+        "/oauth/token",
+        data={"grant_type": "client_credentials", "scope": "roles:read openid"},
+        headers=machine.basic,
+    )
+    token_error(response, 400, "invalid_scope")
+
+
+def test_grant_not_allowed_for_the_client_is_unauthorized_client(
+    client: FlaskClient, services: Any
+) -> None:
+    other = make_client(services, grant_types=["refresh_token"], scopes=["roles:read"])
+    response = client.post(
+        "/oauth/token", data={"grant_type": "client_credentials"}, headers=other.basic
+    )
+    token_error(response, 400, "unauthorized_client")
+
+
+@pytest.mark.parametrize("grant_type", ["authorization_code", "implicit", "urn:x", ""])
+def test_unsupported_grant_type(
+    client: FlaskClient, machine: MachineClient, grant_type: str
+) -> None:
+    response = client.post("/oauth/token", data={"grant_type": grant_type}, headers=machine.basic)
+    token_error(response, 400, "unsupported_grant_type")
+
+
+def test_missing_grant_type(client: FlaskClient, machine: MachineClient) -> None:
+    token_error(
+        client.post("/oauth/token", data={}, headers=machine.basic), 400, "unsupported_grant_type"
+    )
+
+
+def test_token_endpoint_only_accepts_post(client: FlaskClient) -> None:
+    response = client.get("/oauth/token?grant_type=client_credentials")
+    assert response.status_code == 405
+    assert response.is_json
+
+
+# password -------------------------------------------------------------------------------
+
+
+def test_password_grant_starts_a_session(client: FlaskClient, user: User, services: Any) -> None:
+    response = password_login(client)
+    assert response.status_code == 200
+    body = response.json
+    assert body["scope"] == "openid profile email"
+    claims = services.tokens.verify_access_token(body["access_token"])
+    assert claims["sub"] == str(user.id)
+    assert claims["client_id"] == "cinema-app"
+    assert claims["roles"] == []
+    assert claims["sid"] == body["refresh_token"].split(".")[0]
+    assert services.store.get_session(claims["sid"]).user_id == str(user.id)
+
+
+def test_password_grant_puts_roles_in_the_token(
+    client: FlaskClient, user: User, services: Any
+) -> None:
+    from oidc_server.models import Role, UserRole
+
+    with services.db.session() as session:
+        role = session.query(Role).filter_by(name="subscriber").one()
+        session.add(UserRole(user_id=user.id, role_id=role.id))
+    claims = services.tokens.verify_access_token(password_login(client).json["access_token"])
+    assert claims["roles"] == ["subscriber"]
+
+
+@pytest.mark.parametrize(
+    ("username", "password"),
+    [("viewer@example.com", "wrong password!"), ("nobody@example.com", "correct horse battery")],
+)
+def test_bad_credentials_give_one_answer(
+    client: FlaskClient, user: User, username: str, password: str
+) -> None:
+    response = password_login(client, username, password)
+    token_error(response, 400, "invalid_grant")
+    assert response.json["error_description"] == "Invalid username or password."
+
+
+def test_disabled_user_cannot_sign_in(client: FlaskClient, user: User, services: Any) -> None:
+    with services.db.session() as session:
+        session.get(User, user.id).is_active = False
+    token_error(password_login(client), 400, "invalid_grant")
+
+
+@pytest.mark.parametrize("missing", ["username", "password"])
+def test_password_grant_missing_parameters(client: FlaskClient, user: User, missing: str) -> None:
+    data = {
+        "grant_type": "password",
+        "client_id": "cinema-app",
+        "username": "viewer@example.com",
+        "password": "x",
+    }
+    del data[missing]
+    token_error(client.post("/oauth/token", data=data), 400, "invalid_request")
+
+
+def test_repeated_parameters_are_invalid_request(client: FlaskClient, user: User) -> None:
+    response = client.post(
+        "/oauth/token",
+        data={
+            "grant_type": "password",
+            "client_id": "cinema-app",
+            "username": ["viewer@example.com", "other@example.com"],
+            "password": "x",
+        },
+    )
+    token_error(response, 400, "invalid_request")
+
+
+def test_password_grant_is_for_first_party_clients_only(
+    client: FlaskClient, user: User, services: Any
+) -> None:
+    from oidc_server.clients import ClientError
+
+    with pytest.raises(ClientError):
+        make_client(services, grant_types=["password"], scopes=["openid"])
+    third = make_client(services, grant_types=["client_credentials"], scopes=["openid"])
+    response = client.post(
+        "/oauth/token",
+        data={"grant_type": "password", "username": "viewer@example.com", "password": "x"},
+        headers=third.basic,
+    )
+    token_error(response, 400, "unauthorized_client")
+
+
+def test_password_hash_is_upgraded_when_parameters_change(
+    client: FlaskClient, user: User, services: Any
+) -> None:
+    from oidc_server.security import PasswordHasher
+
+    old_hash = user.password_hash
+    services.hasher = PasswordHasher(time_cost=2, memory_cost=2048, parallelism=1)
+    assert password_login(client).status_code == 200
+    with services.db.session() as session:
+        new_hash = session.get(User, user.id).password_hash
+    assert new_hash != old_hash and "m=2048,t=2,p=1" in new_hash
+    assert password_login(client).status_code == 200
+
+
+# refresh_token --------------------------------------------------------------------------
+
+
+def refresh(client: FlaskClient, token: str, **extra: str) -> Any:
+    return client.post(
+        "/oauth/token",
+        data={
+            "grant_type": "refresh_token",
+            "client_id": "cinema-app",
+            "refresh_token": token,
+            **extra,
+        },
+    )
+
+
+def test_refresh_rotates_the_token(client: FlaskClient, user: User, services: Any) -> None:
+    first = password_login(client).json
+    second = refresh(client, first["refresh_token"])
+    assert second.status_code == 200
+    assert second.json["refresh_token"] != first["refresh_token"]
+    old = services.tokens.verify_access_token(first["access_token"])
+    new = services.tokens.verify_access_token(second.json["access_token"])
+    assert new["sid"] == old["sid"] and new["jti"] != old["jti"]
+    assert refresh(client, second.json["refresh_token"]).status_code == 200
+
+
+def test_reusing_a_refresh_token_revokes_the_whole_session(
+    client: FlaskClient, user: User, services: Any
+) -> None:
+    first = password_login(client).json
+    second = refresh(client, first["refresh_token"]).json
+    token_error(refresh(client, first["refresh_token"]), 400, "invalid_grant")
+    # Every token of that login is dead now: the successor and both access tokens.
+    token_error(refresh(client, second["refresh_token"]), 400, "invalid_grant")
+    assert services.tokens.verify_access_token(first["access_token"]) is None
+    assert services.tokens.verify_access_token(second["access_token"]) is None
+    me = client.get("/oauth/userinfo", headers=bearer(second["access_token"]))
+    assert me.status_code == 401
+
+
+def test_refresh_may_narrow_but_not_widen_scope(client: FlaskClient, user: User) -> None:
+    first = password_login(client).json
+    narrowed = refresh(client, first["refresh_token"], scope="openid")
+    assert narrowed.status_code == 200 and narrowed.json["scope"] == "openid"
+    token_error(
+        refresh(client, narrowed.json["refresh_token"], scope="openid roles:write"),
+        400,
+        "invalid_scope",
+    )
+
+
+@pytest.mark.parametrize("token", ["", "garbage", "a.b", "x" * 300, "sid.secret.extra"])
+def test_unknown_refresh_tokens_are_invalid_grant(
+    client: FlaskClient, user: User, token: str
+) -> None:
+    response = refresh(client, token)
+    assert response.status_code == 400
+    assert response.json["error"] in {"invalid_grant", "invalid_request"}
+
+
+def test_refresh_token_is_bound_to_its_client(
+    client: FlaskClient, user: User, services: Any
+) -> None:
+    first = password_login(client).json
+    other = make_client(
+        services, grant_types=["refresh_token", "client_credentials"], scopes=["openid"]
+    )
+    response = client.post(
+        "/oauth/token",
+        data={"grant_type": "refresh_token", "refresh_token": first["refresh_token"]},
+        headers=other.basic,
+    )
+    token_error(response, 400, "invalid_grant")
+
+
+def test_refresh_of_a_disabled_user_fails(client: FlaskClient, user: User, services: Any) -> None:
+    first = password_login(client).json
+    with services.db.session() as session:
+        session.get(User, user.id).is_active = False
+    token_error(refresh(client, first["refresh_token"]), 400, "invalid_grant")
+
+
+def test_concurrent_refreshes_have_exactly_one_winner(app: Any, user: User, services: Any) -> None:
+    first = password_login(app.test_client()).json
+    statuses: list[int] = []
+    barrier = threading.Barrier(8)
+
+    def attempt() -> None:
+        local = app.test_client()
+        barrier.wait()
+        statuses.append(refresh(local, first["refresh_token"]).status_code)
+
+    threads = [threading.Thread(target=attempt) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(statuses) == [200] + [400] * 7

@@ -1,0 +1,183 @@
+"""Both token stores keep the same promises; Redis also under real concurrency."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from oidc_server.tokens.memory_store import MemoryTokenStore
+from oidc_server.tokens.redis_store import RedisTokenStore
+from oidc_server.tokens.store import (
+    RefreshRecord,
+    RotateOutcome,
+    SessionRecord,
+    StoreUnavailable,
+    TokenStore,
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest, redis_client: redis.Redis | None) -> Iterator[TokenStore]:
+    if request.param == "memory":
+        yield MemoryTokenStore()
+        return
+    if redis_client is None:
+        pytest.skip("TEST_REDIS_URL not set (CI always sets it)")
+    redis_client.flushdb()
+    yield RedisTokenStore(redis_client)
+    redis_client.flushdb()
+
+
+def session(sid: str = "s1", user_id: str = "u1", created_at: int = 100) -> SessionRecord:
+    return SessionRecord(
+        sid=sid,
+        user_id=user_id,
+        client_id="app",
+        created_at=created_at,
+        last_used_at=created_at,
+        auth_time=created_at,
+        auth_method="password",
+        user_agent="pytest",
+        ip="127.0.0.1",
+    )
+
+
+def refresh(sid: str = "s1", user_id: str = "u1") -> RefreshRecord:
+    return RefreshRecord(
+        sid=sid, user_id=user_id, client_id="app", scope="openid", issued_at=100, expires_at=200
+    )
+
+
+def test_a_new_session_and_its_refresh_token_are_found(store: TokenStore) -> None:
+    store.start_session(session(), "h1", refresh(), ttl=60)
+    assert store.get_session("s1") == session()
+    assert store.peek_refresh_token("s1", "h1") == (refresh(), False)
+    assert store.peek_refresh_token("s1", "nope") is None
+
+
+def test_rotation_spends_the_old_token_and_stores_the_new(store: TokenStore) -> None:
+    store.start_session(session(), "h1", refresh(), ttl=60)
+    result = store.rotate_refresh_token("s1", "h1", "h2", now=150, ttl=60)
+    assert result.outcome is RotateOutcome.ROTATED
+    assert result.record == refresh()
+    assert store.peek_refresh_token("s1", "h1") == (refresh(), True)
+    new, spent = store.peek_refresh_token("s1", "h2")  # type: ignore[misc]
+    assert not spent and new.issued_at == 150 and new.expires_at == 210
+    assert store.get_session("s1").last_used_at == 150  # type: ignore[union-attr]
+
+
+def test_reusing_a_spent_token_ends_the_session(store: TokenStore) -> None:
+    store.start_session(session(), "h1", refresh(), ttl=60)
+    store.rotate_refresh_token("s1", "h1", "h2", now=150, ttl=60)
+    reused = store.rotate_refresh_token("s1", "h1", "h3", now=160, ttl=60)
+    assert reused.outcome is RotateOutcome.REUSED
+    assert store.get_session("s1") is None
+    # The legitimate successor dies with its session.
+    assert store.rotate_refresh_token("s1", "h2", "h4", 170, 60).outcome is RotateOutcome.INVALID
+    assert store.list_sessions("u1") == []
+
+
+def test_unknown_tokens_do_not_rotate(store: TokenStore) -> None:
+    assert store.rotate_refresh_token("s1", "h1", "h2", 1, 60).outcome is RotateOutcome.INVALID
+    store.start_session(session(), "h1", refresh(), ttl=60)
+    assert store.rotate_refresh_token("s1", "zz", "h2", 1, 60).outcome is RotateOutcome.INVALID
+
+
+def test_ending_a_session_kills_refresh_and_access_tokens(store: TokenStore) -> None:
+    store.start_session(session(), "h1", refresh(), ttl=60)
+    assert store.is_access_token_active("jti-1", "s1")
+    store.end_session("s1")
+    assert not store.is_access_token_active("jti-1", "s1")
+    assert store.peek_refresh_token("s1", "h1") is None
+    assert store.rotate_refresh_token("s1", "h1", "h2", 1, 60).outcome is RotateOutcome.INVALID
+
+
+def test_denied_access_tokens_are_inactive(store: TokenStore) -> None:
+    store.deny_access_token("jti-1", ttl=60)
+    assert not store.is_access_token_active("jti-1", None)
+    assert store.is_access_token_active("jti-2", None)
+
+
+def test_sessions_are_listed_newest_first_and_ended_per_user(store: TokenStore) -> None:
+    store.start_session(session("a", created_at=1), "h1", refresh("a"), ttl=60)
+    store.start_session(session("b", created_at=2), "h2", refresh("b"), ttl=60)
+    store.start_session(session("c", user_id="u2"), "h3", refresh("c", "u2"), ttl=60)
+    assert [s.sid for s in store.list_sessions("u1")] == ["b", "a"]
+    assert store.end_user_sessions("u1", keep_sid="b") == 1
+    assert [s.sid for s in store.list_sessions("u1")] == ["b"]
+    assert [s.sid for s in store.list_sessions("u2")] == ["c"]
+
+
+def test_single_use_values_are_taken_once(store: TokenStore) -> None:
+    store.put_once("state", "k", {"nonce": "n"}, ttl=60)
+    assert store.take_once("state", "k") == {"nonce": "n"}
+    assert store.take_once("state", "k") is None
+
+
+def test_memory_store_entries_expire_with_the_clock() -> None:
+    clock = Clock()
+    store = MemoryTokenStore(clock=clock)
+    store.start_session(session(), "h1", refresh(), ttl=60)
+    store.deny_access_token("j", ttl=10)
+    store.put_once("state", "k", {}, ttl=5)
+    clock.now += 61
+    assert store.get_session("s1") is None
+    assert store.peek_refresh_token("s1", "h1") is None
+    assert store.is_access_token_active("j", None)
+    assert store.take_once("state", "k") is None
+
+
+def test_redis_entries_carry_ttls(redis_client: redis.Redis | None) -> None:
+    if redis_client is None:
+        pytest.skip("TEST_REDIS_URL not set (CI always sets it)")
+    redis_client.flushdb()
+    store = RedisTokenStore(redis_client)
+    store.start_session(session(), "h1", refresh(), ttl=60)
+    store.deny_access_token("j", ttl=10)
+    ttls = {key.decode(): redis_client.ttl(key) for key in redis_client.keys("*")}
+    assert ttls and all(0 < ttl <= 60 for ttl in ttls.values()), ttls
+    # Session keys share the {sid} hash tag so the rotation script stays on one cluster slot.
+    assert {k for k in ttls if "{s1}" in k} == {"oidc:{s1}:session", "oidc:{s1}:rt:h1"}
+    redis_client.flushdb()
+
+
+@pytest.mark.parametrize("workers", [16])
+def test_of_concurrent_rotations_exactly_one_wins(store: TokenStore, workers: int) -> None:
+    store.start_session(session(), "h0", refresh(), ttl=60)
+    barrier = threading.Barrier(workers)
+    outcomes: list[RotateOutcome] = []
+    lock = threading.Lock()
+
+    def attempt(i: int) -> None:
+        barrier.wait()
+        outcome = store.rotate_refresh_token("s1", "h0", f"new-{i}", 150, 60).outcome
+        with lock:
+            outcomes.append(outcome)
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outcomes.count(RotateOutcome.ROTATED) == 1
+    # The first loser sees a spent token and ends the session; later ones find it gone.
+    assert set(outcomes) - {RotateOutcome.ROTATED} <= {RotateOutcome.REUSED, RotateOutcome.INVALID}
+    assert store.get_session("s1") is None
+
+
+def test_an_unreachable_redis_fails_closed() -> None:
+    dead = RedisTokenStore(redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2))
+    assert dead.ping() is False
+    with pytest.raises(StoreUnavailable):
+        dead.is_access_token_active("jti", "sid")
