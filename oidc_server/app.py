@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import context
+from . import api, context
 from .config import Settings
 from .logs import configure_logging
 from .oauth import server as oauth_server
@@ -37,4 +37,5 @@ def create_app(settings: Settings | None = None, store: TokenStore | None = None
     app.register_blueprint(wellknown.bp)
     app.register_blueprint(oauth.bp)
     app.register_blueprint(health.bp)
+    api.init_app(app)
     return app

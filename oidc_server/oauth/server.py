@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer as _AuthorizationServer
+from authlib.oauth2.rfc6749 import OAuth2Request
 from flask import Flask, current_app
 
 from ..clients import SCOPES_SUPPORTED, RegisteredClient, find_client
@@ -16,6 +17,12 @@ from .grants import ClientCredentialsGrant, PasswordGrant, RefreshTokenGrant
 class AuthorizationServer(_AuthorizationServer):
     def query_client(self, client_id: str) -> RegisteredClient | None:
         return find_client(db_session(), services().settings.secret_key, client_id)
+
+    def create_oauth2_request(self, request: Any) -> Any:
+        """Requests built by ``oauth.internal`` are used as they are; else Flask's request."""
+        if isinstance(request, OAuth2Request):
+            return request
+        return super().create_oauth2_request(request)
 
     def save_token(self, token: dict[str, Any], request: Any) -> None:
         """Tokens are stored by ``TokenService`` as they are issued; nothing more to keep."""
