@@ -1,6 +1,6 @@
 """RS256 signing keys kept as PEM files, shared by every worker through the keys folder.
 
-Each key is ``<created_unix>-<kid>.pem`` (mode 0600); ``kid`` is the RFC 7638 thumbprint.
+Each key is ``<created_unix_ns>-<kid>.pem`` (mode 0600); ``kid`` is the RFC 7638 thumbprint.
 The newest file is the current signing key. An older key is retired when the next one was
 created and stays published in the JWKS until every token it signed has expired. Workers
 notice a rotation by the folder's modification time, so no restart is needed.
@@ -40,9 +40,9 @@ class SigningKey:
 
 
 def _load(path: Path) -> SigningKey:
-    created, _, kid = path.stem.partition("-")
+    created_ns, _, kid = path.stem.partition("-")
     key = RSAKey.import_key(path.read_bytes())
-    return SigningKey(kid=kid, created_at=int(created), key=key, path=path)
+    return SigningKey(kid=kid, created_at=int(created_ns) // 10**9, key=key, path=path)
 
 
 @contextlib.contextmanager
@@ -55,13 +55,16 @@ def _folder_lock(folder: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def write_new_key(folder: Path, now: int | None = None) -> SigningKey:
+def write_new_key(folder: Path, now: float | None = None) -> SigningKey:
     """Generate a key and move it into place atomically, readable by its owner only."""
     folder.mkdir(parents=True, exist_ok=True)
-    created = int(time.time()) if now is None else now
+    created_ns = int((time.time() if now is None else now) * 10**9)
+    # The newest file name must sort last even if two rotations share a clock reading.
+    existing = [int(p.name.split("-", 1)[0]) for p in folder.glob("*.pem")]
+    created_ns = max([created_ns, *(n + 1 for n in existing)])
     key = RSAKey.generate_key(KEY_SIZE, private=True)
     kid = key.thumbprint()
-    final = folder / f"{created:012d}-{kid}.pem"
+    final = folder / f"{created_ns:020d}-{kid}.pem"
     tmp = folder / f".{kid}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
@@ -89,14 +92,14 @@ class KeyRing:
         self.folder.mkdir(parents=True, exist_ok=True)
         with _folder_lock(self.folder):
             if not self._paths():
-                write_new_key(self.folder, int(self._clock()))
+                write_new_key(self.folder, self._clock())
         self._reload(force=True)
 
     def rotate(self) -> SigningKey:
         """Make a new current key and delete keys no token can still need."""
         self.folder.mkdir(parents=True, exist_ok=True)
         with _folder_lock(self.folder):
-            key = write_new_key(self.folder, int(self._clock()))
+            key = write_new_key(self.folder, self._clock())
             self._reload(force=True)
             for expired in self._expired():
                 expired.path.unlink(missing_ok=True)

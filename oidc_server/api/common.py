@@ -12,13 +12,11 @@ import functools
 from collections.abc import Callable
 from typing import Any, NoReturn, ParamSpec, TypeVar
 
-from authlib.oauth2 import OAuth2Error
-from authlib.oauth2.rfc6749 import MissingAuthorizationError
 from flask import g, jsonify
 from marshmallow import Schema, fields
 from werkzeug.exceptions import HTTPException
 
-from ..oauth.protector import AccessToken, require_token
+from ..oauth.protector import AccessToken, BearerChallenge, authenticate_bearer
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -58,34 +56,18 @@ def abort(status: int, error: str, message: str, **kwargs: Any) -> NoReturn:
     raise ApiError(status, error, message, **kwargs)
 
 
-def _bearer_challenge(error: str | None = None, scope: str | None = None) -> dict[str, str]:
-    parts = ['Bearer realm="api"']
-    if error:
-        parts.append(f'error="{error}"')
-    if scope:
-        parts.append(f'scope="{scope}"')
-    return {"WWW-Authenticate": ", ".join(parts)}
-
-
-def _acquire(scopes: list[str] | None) -> AccessToken:
+def _acquire(scope: str | None = None, kind: str | None = None) -> AccessToken:
     try:
-        return require_token.acquire_token(scopes)
-    except MissingAuthorizationError:
-        abort(401, "unauthorized", "a bearer token is required", headers=_bearer_challenge())
-    except OAuth2Error as exc:
-        if exc.error == "insufficient_scope":
-            scope = " ".join(scopes or [])
-            abort(
-                403,
-                "insufficient_scope",
-                f"the token lacks the scope: {scope}",
-                headers=_bearer_challenge("insufficient_scope", scope),
-            )
+        return authenticate_bearer(scope, kind)
+    except BearerChallenge as challenge:
+        error = challenge.error or "unauthorized"
+        if challenge.status == 403 and not challenge.scope:
+            error = "forbidden"
         abort(
-            401,
-            "invalid_token",
-            "the access token is invalid, expired or revoked",
-            headers=_bearer_challenge("invalid_token"),
+            challenge.status,
+            error,
+            challenge.description,
+            headers={"WWW-Authenticate": challenge.www_authenticate},
         )
 
 
@@ -94,10 +76,7 @@ def user_token_required(fn: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        token = _acquire(None)
-        if not token.is_user_token:
-            abort(403, "forbidden", "this endpoint needs a user's token")
-        g.token = token
+        g.token = _acquire(kind="user")
         return fn(*args, **kwargs)
 
     return wrapper
@@ -109,17 +88,7 @@ def client_token_required(scope: str) -> Callable[[Callable[P, R]], Callable[P, 
     def decorator(fn: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(fn)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            token = _acquire(None)
-            if token.is_user_token:
-                abort(403, "forbidden", "this endpoint is for machine clients")
-            if scope not in token.get_scope().split():
-                abort(
-                    403,
-                    "insufficient_scope",
-                    f"the token lacks the scope: {scope}",
-                    headers=_bearer_challenge("insufficient_scope", scope),
-                )
-            g.token = token
+            g.token = _acquire(scope, kind="client")
             return fn(*args, **kwargs)
 
         return wrapper

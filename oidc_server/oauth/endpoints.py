@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from authlib.oauth2.rfc6749.errors import InvalidRequestError
 from authlib.oauth2.rfc7009 import RevocationEndpoint as _RevocationEndpoint
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint as _IntrospectionEndpoint
 
@@ -77,10 +78,19 @@ def _find_refresh(token_string: str) -> FoundToken | None:
     return FoundToken("refresh_token", record.client_id, claims, revoked=spent)
 
 
+def check_token_param(request: Any) -> None:
+    """A token is required; the hint is only a hint, so an unknown one widens the search."""
+    if not request.form.get("token"):
+        raise InvalidRequestError("Missing 'token' in request.")
+
+
 class RevocationEndpoint(_RevocationEndpoint):
     """RFC 7009. Public clients may revoke their own tokens, so ``none`` is accepted."""
 
     CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+
+    def check_params(self, request: Any, client: Any) -> None:
+        check_token_param(request)
 
     def query_token(self, token_string: str, token_type_hint: str | None) -> FoundToken | None:
         return find_token(token_string, token_type_hint)
@@ -98,6 +108,9 @@ class IntrospectionEndpoint(_IntrospectionEndpoint):
     """RFC 7662, for confidential clients (resource servers) only."""
 
     CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+
+    def check_params(self, request: Any, client: Any) -> None:
+        check_token_param(request)
 
     def query_token(self, token_string: str, token_type_hint: str | None) -> FoundToken | None:
         return find_token(token_string, token_type_hint)

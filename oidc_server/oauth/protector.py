@@ -1,12 +1,20 @@
-"""Bearer protection of our own routes (RFC 6750) with our JWT access tokens."""
+"""Bearer protection of our own routes (RFC 6750) with our JWT access tokens.
+
+``authenticate_bearer`` is the one place a request's bearer token is checked; it raises
+``BearerChallenge`` with the status and ``WWW-Authenticate`` value RFC 6750 §3 asks for,
+and each surface (/oauth/userinfo, /api/v1) renders that in its own error body.
+"""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from authlib.integrations.flask_oauth2 import ResourceProtector, current_token
-from authlib.oauth2.rfc6750 import BearerTokenValidator
+from authlib.integrations.flask_oauth2 import ResourceProtector
+from authlib.oauth2 import OAuth2Error
+from authlib.oauth2.rfc6749 import MissingAuthorizationError
+from authlib.oauth2.rfc6749.errors import UnsupportedTokenTypeError
+from authlib.oauth2.rfc6750 import BearerTokenValidator, InvalidTokenError
 
 from ..context import services
 
@@ -34,10 +42,59 @@ class JWTAccessTokenValidator(BearerTokenValidator):
         return None if claims is None else AccessToken(claims)
 
 
-require_token = ResourceProtector()
+class BearerProtector(ResourceProtector):
+    """RFC 6750 §3.1: a malformed Authorization header is an invalid token, not another type."""
+
+    def parse_request_authorization(self, request: Any) -> tuple[Any, str]:
+        try:
+            return super().parse_request_authorization(request)
+        except UnsupportedTokenTypeError:
+            raise InvalidTokenError() from None
+
+
+require_token = BearerProtector()
 require_token.register_token_validator(JWTAccessTokenValidator())
 
 
-def current_claims() -> AccessToken:
-    token: Any = current_token
-    return token._get_current_object()
+class BearerChallenge(Exception):
+    """A failed bearer check: 401 (no or bad token) or 403 (token lacks what is needed)."""
+
+    def __init__(
+        self, status: int, error: str | None, description: str, scope: str | None = None
+    ) -> None:
+        super().__init__(description)
+        self.status = status
+        self.error = error
+        self.description = description
+        self.scope = scope
+
+    @property
+    def www_authenticate(self) -> str:
+        # §3.1: a request without any token gets no error code in the challenge.
+        parts = ['Bearer realm="oidc-server"']
+        if self.error:
+            parts.append(f'error="{self.error}"')
+        if self.scope:
+            parts.append(f'scope="{self.scope}"')
+        return ", ".join(parts)
+
+
+def authenticate_bearer(scope: str | None = None, kind: str | None = None) -> AccessToken:
+    """The request's valid access token, of ``kind`` ("user" or "client") and with ``scope``."""
+    try:
+        token: AccessToken = require_token.acquire_token(None)
+    except MissingAuthorizationError:
+        raise BearerChallenge(401, None, "a bearer token is required") from None
+    except OAuth2Error:
+        raise BearerChallenge(
+            401, "invalid_token", "the access token is invalid, expired or revoked"
+        ) from None
+    if kind == "user" and not token.is_user_token:
+        raise BearerChallenge(403, "insufficient_scope", "this needs a user's token")
+    if kind == "client" and token.is_user_token:
+        raise BearerChallenge(403, "insufficient_scope", "this is for machine clients")
+    if scope and scope not in token.get_scope().split():
+        raise BearerChallenge(
+            403, "insufficient_scope", f"the token lacks the scope: {scope}", scope
+        )
+    return token

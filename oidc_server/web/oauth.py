@@ -6,7 +6,7 @@ from flask import Blueprint, Response, jsonify
 
 from .. import accounts
 from ..context import db_session
-from ..oauth.protector import current_claims, require_token
+from ..oauth.protector import BearerChallenge, authenticate_bearer
 from ..oauth.server import authorization_server
 
 bp = Blueprint("oauth", __name__, url_prefix="/oauth")
@@ -28,15 +28,17 @@ def introspect() -> Response:
 
 
 @bp.route("/userinfo", methods=["GET", "POST"])
-@require_token("openid")
 def userinfo() -> Response:
     """OIDC Core §5.3: claims about the signed-in user, for tokens with the openid scope."""
-    claims = current_claims()
+    try:
+        claims = authenticate_bearer("openid")
+    except BearerChallenge as challenge:
+        return _challenge(challenge)
     if not claims.is_user_token:
-        return _invalid_token("not a user's token")
+        return _challenge(BearerChallenge(401, "invalid_token", "not a user's token"))
     user = accounts.get_user(db_session(), claims["sub"])
     if user is None or not user.is_active:
-        return _invalid_token("the user no longer exists")
+        return _challenge(BearerChallenge(401, "invalid_token", "the user no longer exists"))
     scopes = set(claims.get_scope().split())
     body: dict[str, object] = {"sub": str(user.id)}
     if "email" in scopes:
@@ -50,10 +52,10 @@ def userinfo() -> Response:
     return response
 
 
-def _invalid_token(description: str) -> Response:
-    response = jsonify(error="invalid_token", error_description=description)
-    response.status_code = 401
-    response.headers["WWW-Authenticate"] = (
-        f'Bearer error="invalid_token", error_description="{description}"'
-    )
+def _challenge(challenge: BearerChallenge) -> Response:
+    """RFC 6750 §3: the challenge header, and the error as JSON for humans."""
+    body = {"error": challenge.error or "unauthorized", "error_description": challenge.description}
+    response = jsonify(body)
+    response.status_code = challenge.status
+    response.headers["WWW-Authenticate"] = challenge.www_authenticate
     return response

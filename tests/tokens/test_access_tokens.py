@@ -1,0 +1,103 @@
+"""Access tokens are RFC 9068 JWTs; anything we did not sign, or that has expired, is refused."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from joserfc import jwt
+from joserfc.jwk import RSAKey
+
+from oidc_server.keys import KeyRing
+from oidc_server.models import User
+from oidc_server.tokens.access_tokens import AccessTokenCodec
+
+from ..conftest import MachineClient, bearer, password_login
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def segment(obj: dict[str, Any]) -> str:
+    return b64(json.dumps(obj, separators=(",", ":")).encode())
+
+
+@pytest.fixture
+def codec(tmp_path: Any) -> AccessTokenCodec:
+    ring = KeyRing(tmp_path, max_token_lifetime=900)
+    ring.ensure_key()
+    return AccessTokenCodec(ring, issuer="https://id.example", audience="cinema", ttl=900)
+
+
+def test_issued_tokens_have_the_rfc9068_header_and_claims(codec: AccessTokenCodec) -> None:
+    token, claims = codec.issue(
+        subject="u1", client_id="app", scope="openid", session_id="s1", roles=["admin"]
+    )
+    header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
+    assert header == {"typ": "at+jwt", "alg": "RS256", "kid": codec.keyring.current.kid}
+    assert codec.verify(token) == claims
+    assert claims["exp"] - claims["iat"] == 900
+    assert claims["roles"] == ["admin"] and claims["sid"] == "s1"
+
+
+def forgeries(codec: AccessTokenCodec) -> dict[str, str]:
+    good, claims = codec.issue(subject="u1", client_id="app", scope="openid")
+    head, body, sig = good.split(".")
+    kid = codec.keyring.current.kid
+    public_pem = codec.keyring.current.key.as_pem(private=False)
+    hs_header = segment({"typ": "at+jwt", "alg": "HS256", "kid": kid})
+    hs_body = segment({**claims, "sub": "admin"})
+    hs_sig = b64(hmac.new(public_pem, f"{hs_header}.{hs_body}".encode(), hashlib.sha256).digest())
+    foreign = RSAKey.generate_key(2048, private=True)
+    now = int(time.time())
+
+    def signed(key: RSAKey, **changes: Any) -> str:
+        header = {"typ": "at+jwt", "alg": "RS256", "kid": kid}
+        return jwt.encode(header, {**claims, **changes}, key)
+
+    our_key = codec.keyring.current.key
+    return {
+        "alg none": f"{segment({'typ': 'at+jwt', 'alg': 'none', 'kid': kid})}.{body}.",
+        "HS256 keyed with our public key": f"{hs_header}.{hs_body}.{hs_sig}",
+        "tampered payload": f"{head}.{segment({**claims, 'scope': 'roles:write'})}.{sig}",
+        "foreign key with our kid": signed(foreign),
+        "expired": signed(our_key, iat=now - 2000, exp=now - 1000),
+        "wrong issuer": signed(our_key, iss="https://evil.example"),
+        "wrong audience": signed(our_key, aud="another-api"),
+        "plain JWT typ": jwt.encode({"alg": "RS256", "kid": kid}, claims, our_key),
+        "unknown kid": jwt.encode(
+            {"typ": "at+jwt", "alg": "RS256", "kid": "nope"}, claims, our_key
+        ),
+        "garbage": "not.a.jwt",
+        "random bytes": b64(b"\x00\xff" * 20) + "." + b64(b"\x01") + "." + b64(b"\x02"),
+        "truncated": good[:-10],
+        "empty": "",
+    }
+
+
+def test_forged_tokens_are_refused_by_the_codec(codec: AccessTokenCodec) -> None:
+    for name, token in forgeries(codec).items():
+        assert codec.verify(token) is None, name
+
+
+def test_forged_tokens_are_refused_by_the_resource_protector_and_introspection(
+    client: FlaskClient, services: Any, user: User, machine: MachineClient
+) -> None:
+    assert password_login(client).status_code == 200
+    for name, token in forgeries(services.tokens.codec).items():
+        response = client.get("/oauth/userinfo", headers=bearer(token))
+        assert response.status_code == 401, name
+        assert 'error="invalid_token"' in response.headers["WWW-Authenticate"], name
+        if not token:
+            continue  # an empty token parameter is a malformed request (400), tested elsewhere
+        introspected = client.post(
+            "/oauth/introspect", data={"token": token}, headers=machine.basic
+        )
+        assert introspected.status_code == 200 and introspected.json == {"active": False}, name
