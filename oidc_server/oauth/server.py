@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer as _AuthorizationServer
-from authlib.oauth2.rfc6749 import OAuth2Request
+from authlib.oauth2.rfc6749 import InvalidClientError, OAuth2Request
+from authlib.oauth2.rfc6749.authenticate_client import authenticate_client_secret_basic
 from flask import Flask, current_app
 
 from ..clients import SCOPES_SUPPORTED, RegisteredClient, find_client
@@ -28,6 +29,14 @@ class AuthorizationServer(_AuthorizationServer):
         """Tokens are stored by ``TokenService`` as they are issued; nothing more to keep."""
 
 
+def _safe_client_secret_basic(query_client: Any, request: Any) -> RegisteredClient | None:
+    """Authlib's Basic parser, with undecodable credentials refused instead of crashing."""
+    try:
+        return authenticate_client_secret_basic(query_client, request)
+    except (ValueError, UnicodeError):
+        raise InvalidClientError(description="Malformed client credentials.") from None
+
+
 def authorization_server() -> AuthorizationServer:
     return current_app.extensions["authorization_server"]
 
@@ -36,6 +45,7 @@ def init_app(app: Flask) -> None:
     app.config["OAUTH2_SCOPES_SUPPORTED"] = list(SCOPES_SUPPORTED)
     server = AuthorizationServer()
     server.init_app(app)
+    server.register_client_auth_method("client_secret_basic", _safe_client_secret_basic)
     server.register_grant(PasswordGrant)
     server.register_grant(RefreshTokenGrant)
     server.register_grant(ClientCredentialsGrant)

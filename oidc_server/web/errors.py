@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, jsonify
+from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 from ..tokens.store import StoreUnavailable
@@ -36,6 +37,16 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(StoreUnavailable)
     def _store_unavailable(_exc: StoreUnavailable) -> Response:
         log.error("token store unavailable")
+        response = error_response(503, "temporarily_unavailable", "try again shortly")
+        response.headers["Retry-After"] = str(RETRY_AFTER_UNAVAILABLE)
+        return response
+
+    @app.errorhandler(DBAPIError)
+    def _database_unavailable(exc: DBAPIError) -> Response:
+        if not exc.connection_invalidated and not isinstance(exc, OperationalError):
+            log.exception("database error")
+            return error_response(500, "server_error", "an unexpected error occurred")
+        log.error("database unavailable")
         response = error_response(503, "temporarily_unavailable", "try again shortly")
         response.headers["Retry-After"] = str(RETRY_AFTER_UNAVAILABLE)
         return response
