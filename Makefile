@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test lint format migrate keys-rotate client clean
+.PHONY: help install run run-prod test lint format migrate keys-rotate client clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -21,6 +21,12 @@ install: $(STAMP) ## Create .venv and install the project with its dev tools
 run: $(STAMP) ## Serve on http://127.0.0.1:8000 (embedded: SQLite, in-process stores)
 	$(BIN)/oidc-server db upgrade
 	$(BIN)/oidc-server serve
+
+# APP_ENV defaults to production here: it refuses to start without SECRET_KEY, REDIS_URL and a
+# PostgreSQL DATABASE_URL. gunicorn.conf.py reads HOST, PORT and WEB_CONCURRENCY.
+run-prod: $(STAMP) ## Migrate, then serve under gunicorn (needs DATABASE_URL, REDIS_URL, SECRET_KEY)
+	APP_ENV=$${APP_ENV:-production} $(BIN)/oidc-server db upgrade
+	APP_ENV=$${APP_ENV:-production} exec $(BIN)/gunicorn -c gunicorn.conf.py
 
 test: $(STAMP) ## Run the whole test suite (PostgreSQL/Redis when TEST_DATABASE_URL/TEST_REDIS_URL are set)
 	$(BIN)/pytest

@@ -5,10 +5,11 @@ from __future__ import annotations
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import api, context
+from . import api, context, observability, social
 from .config import Settings
 from .logs import configure_logging
 from .oauth import server as oauth_server
+from .ratelimit import init_app as init_rate_limits
 from .services import Services
 from .tokens.store import TokenStore
 from .web import errors, health, oauth, wellknown
@@ -26,6 +27,7 @@ def create_app(settings: Settings | None = None, store: TokenStore | None = None
     )
     if settings.trust_proxy_headers:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)  # type: ignore[method-assign]
+    observability.init_app(app)  # first, so its after_request hook sees the final response
 
     svc = Services.build(settings, store=store)
     svc.keyring.ensure_key()
@@ -38,4 +40,6 @@ def create_app(settings: Settings | None = None, store: TokenStore | None = None
     app.register_blueprint(oauth.bp)
     app.register_blueprint(health.bp)
     api.init_app(app)
+    social.init_app(app)
+    init_rate_limits(app)  # last: it wraps views and exempts blueprints already registered
     return app

@@ -7,7 +7,8 @@ import sys
 
 import click
 
-from . import accounts
+from . import accounts, audit
+from . import roles as roles_domain
 from .bootstrap import ensure_first_party_client
 from .clients import GRANT_TYPES, SCOPES_SUPPORTED, ClientError, create_client
 from .config import ConfigError, Settings
@@ -15,6 +16,8 @@ from .db import Database, upgrade
 from .keys import KeyRing
 from .models import Role, UserRole
 from .security import PasswordHasher
+from .tokens.redis_store import RedisTokenStore
+from .tokens.store import StoreUnavailable
 
 
 def _settings() -> Settings:
@@ -167,3 +170,111 @@ def users_create_admin(email: str) -> None:
     finally:
         database.dispose()
     click.echo(json.dumps({"id": user_id, "login": email.lower(), "roles": ["admin"]}))
+
+
+# Roles and the audit trail (issue 4) ------------------------------------------------------
+
+
+def _role_cache(settings: Settings) -> roles_domain.RoleCache:
+    """The servers' role cache, so that a change made here shows in their next check."""
+    # The token store's own client: the same Redis deployment, reached the same way.
+    client = RedisTokenStore.from_url(settings.redis_url).redis if settings.redis_url else None
+    return roles_domain.role_cache_for(client, settings.roles_cache_ttl)
+
+
+def _change_user_role(email: str, role_name: str, grant: bool) -> None:
+    settings = _settings()
+    database = Database(settings.resolved_database_url)
+    cache = _role_cache(settings)
+    try:
+        with database.sessions() as session:
+            user = accounts.find_user_by_login(session, email)
+            if user is None:
+                raise click.ClickException(f"no user with the login {email!r}")
+            role = roles_domain.find_role_by_name(session, role_name)
+            admin = roles_domain.RoleAdmin(session, cache, actor=audit.CLI_ACTOR)
+            if grant:
+                _, changed = admin.assign(user.id, role.id)
+            else:
+                changed = admin.revoke(user.id, role.id)
+            result = {"user_id": str(user.id), "login": user.login, "role": role.name}
+    except roles_domain.RoleError as exc:
+        raise click.ClickException(exc.message) from None
+    except StoreUnavailable:
+        raise click.ClickException(
+            "Redis (REDIS_URL) is unreachable, so the servers' role caches cannot be "
+            "invalidated; nothing was changed"
+        ) from None
+    finally:
+        database.dispose()
+    click.echo(json.dumps({**result, "granted" if grant else "revoked": changed}))
+
+
+@main.group("roles")
+def roles_group() -> None:
+    """Users' roles (the roles themselves are managed through the roles API)."""
+
+
+@roles_group.command("grant")
+@click.argument("email")
+@click.argument("role")
+def roles_grant(email: str, role: str) -> None:
+    """Give the user with login EMAIL the role ROLE; audited with the actor "cli".
+
+    Prints {"user_id", "login", "role", "granted"}; granted is false if the user had it.
+    """
+    _change_user_role(email, role, grant=True)
+
+
+@roles_group.command("revoke")
+@click.argument("email")
+@click.argument("role")
+def roles_revoke(email: str, role: str) -> None:
+    """Take the role ROLE from the user with login EMAIL; audited with the actor "cli".
+
+    Prints {"user_id", "login", "role", "revoked"}; revoked is false if the user did not have it.
+    """
+    _change_user_role(email, role, grant=False)
+
+
+@main.group("audit")
+def audit_group() -> None:
+    """The audit trail of changes (roles and their assignments)."""
+
+
+@audit_group.command("list")
+@click.option(
+    "--since",
+    default=None,
+    help="Only entries from this time on: ISO 8601 (UTC if no offset) or an age (30m, 12h, 7d).",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, audit.MAX_LIST_LIMIT),
+    default=100,
+    show_default=True,
+    help="At most this many entries.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+def audit_list(since: str | None, limit: int, as_json: bool) -> None:
+    """List audit entries, newest first: when, actor (client id or "cli"), action, target."""
+    try:
+        since_at = audit.parse_since(since) if since else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+    settings = _settings()
+    database = Database(settings.resolved_database_url)
+    try:
+        with database.sessions() as session:
+            entries = [audit.as_dict(e) for e in audit.list_entries(session, since_at, limit)]
+    finally:
+        database.dispose()
+    if as_json:
+        click.echo(json.dumps(entries))
+        return
+    for entry in entries:
+        details = json.dumps(entry["details"], sort_keys=True)
+        click.echo(
+            f"{entry['created_at']}  {entry['actor']}  {entry['action']}  "
+            f"{entry['target'] or '-'}  {details}"
+        )

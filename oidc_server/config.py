@@ -68,6 +68,16 @@ class Settings:
     ratelimit_register: str = "5 per minute"
     ratelimit_refresh: str = "60 per minute"
     ratelimit_token: str = "1200 per minute"
+    # Account API (issue 3): further limits (oidc_server/ratelimit.py), and the per-account
+    # backoff after failed logins (oidc_server/login_backoff.py): from the THRESHOLD-th failure
+    # within WINDOW seconds of each other, each attempt waits BASE_DELAY * 2**n seconds, at most
+    # MAX_DELAY; THRESHOLD 0 turns it off. RATELIMIT_ENABLED=false switches the backoff off too.
+    ratelimit_register_conflict: str = "10 per hour"
+    ratelimit_change_password: str = "10 per minute"
+    login_backoff_threshold: int = 5
+    login_backoff_base_delay: int = 1
+    login_backoff_max_delay: int = 300
+    login_backoff_window: int = 900
     max_content_length: int = 64 * 1024
     # argon2id parameters (RFC 9106 second recommended option is 64 MiB, t=3, p=4).
     password_hash_time_cost: int = 3
@@ -85,6 +95,15 @@ class Settings:
     yandex_token_url: str = YANDEX_TOKEN_URL
     yandex_userinfo_url: str = YANDEX_USERINFO_URL
     social_redirect_uris: tuple[str, ...] = field(default_factory=tuple)
+    # Google and Yandex sign-in (issue 5): seconds a provider may take to answer one request,
+    # and seconds a browser sign-in's state, nonce and PKCE verifier wait for the callback.
+    social_http_timeout: int = 10
+    social_state_ttl: int = 600
+    # Roles API (issue 4): seconds a user's cached role ids live in Redis. Changes invalidate
+    # the entry at once; the TTL only bounds staleness if an invalidation is ever lost (Redis
+    # down between a commit and its invalidation). 0 turns the cache off: every check asks
+    # the database.
+    roles_cache_ttl: int = 300
 
     @property
     def is_production(self) -> bool:

@@ -9,6 +9,7 @@ notice a rotation by the folder's modification time, so no restart is needed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import fcntl
 import itertools
 import os
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
 from joserfc.jwk import RSAKey
 
 KEY_SIZE = 2048
@@ -39,10 +41,20 @@ class SigningKey:
         return jwk
 
 
-def _load(path: Path) -> SigningKey:
+@functools.lru_cache(maxsize=64)
+def _load_cached(path: Path, mtime_ns: int) -> SigningKey:
     created_ns, _, kid = path.stem.partition("-")
-    key = RSAKey.import_key(path.read_bytes())
+    # The file is ours and written 0600, so cryptography's slow RSA consistency check
+    # (tens of milliseconds per key, paid by every worker and app) is skipped.
+    private = serialization.load_pem_private_key(
+        path.read_bytes(), password=None, unsafe_skip_rsa_key_validation=True
+    )
+    key = RSAKey.import_key(private)
     return SigningKey(kid=kid, created_at=int(created_ns) // 10**9, key=key, path=path)
+
+
+def _load(path: Path) -> SigningKey:
+    return _load_cached(path, path.stat().st_mtime_ns)
 
 
 @contextlib.contextmanager

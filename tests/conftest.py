@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -73,8 +74,19 @@ def redis_client() -> Iterator[redis.Redis | None]:
     client.close()
 
 
+@pytest.fixture(scope="session")
+def signing_key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One RSA key for the run: generating 2048-bit keys per test would dominate the suite."""
+    from oidc_server.keys import write_new_key
+
+    return write_new_key(tmp_path_factory.mktemp("keys")).path
+
+
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str) -> Settings:
+def settings(tmp_path: Path, database_url: str, signing_key_file: Path) -> Settings:
+    keys_dir = tmp_path / "keys"
+    keys_dir.mkdir()
+    shutil.copy2(signing_key_file, keys_dir / signing_key_file.name)
     return Settings.from_env(
         {},
         app_env="test",

@@ -94,3 +94,5 @@ def test_upgrade_then_serve_answers_discovery_and_issues_tokens(tmp_path: Path) 
     finally:
         server.terminate()
         server.wait(timeout=10)
+        if server.stderr:
+            server.stderr.close()

@@ -9,10 +9,14 @@ from flask_smorest import Api as _Api
 from werkzeug.exceptions import HTTPException
 
 from . import auth, roles, social, users
-from .common import ApiError
+from .common import ApiError, ErrorSchema
 
 
 class Api(_Api):
+    # Our one error shape, also for smorest's default responses; smorest's own "Error" schema
+    # would clash by name with ErrorSchema (an apispec warning, an error under pytest).
+    ERROR_SCHEMA = ErrorSchema
+
     def handle_http_exception(self, error: HTTPException) -> Any:
         """Every HTTP error, webargs' validation errors included, in ``ErrorSchema``'s shape."""
         if isinstance(error, ApiError) or error.response is not None:

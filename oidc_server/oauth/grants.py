@@ -16,11 +16,13 @@ from authlib.oauth2.rfc6749.errors import (
     InvalidScopeError,
     UnauthorizedClientError,
 )
+from werkzeug.exceptions import TooManyRequests
 
 from .. import accounts
 from ..context import client_ip, db_session, services, user_agent
 from ..history import record_login
 from ..models import User
+from ..ratelimit import login_backoff
 from ..tokens.service import LoginContext, RefreshTokenInvalid, RefreshTokenReused
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,20 @@ def _single_valued(request: Any, *names: str) -> None:
     for name in names:
         if len(request.form.getlist(name)) > 1:
             raise InvalidRequestError(f"Parameter '{name}' is repeated.")
+
+
+class LoginThrottled(TooManyRequests):
+    """Too many failed logins for this account lately: the password was not even checked.
+
+    Not an ``OAuth2Error`` on purpose: it leaves Authlib untouched, so /oauth/token and
+    /api/v1/auth/login both answer it with the server's 429 body and ``Retry-After``.
+    """
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(
+            "too many failed sign-in attempts for this account; retry later",
+            retry_after=retry_after,
+        )
 
 
 class PasswordGrant(grants.ResourceOwnerPasswordCredentialsGrant):
@@ -64,8 +80,16 @@ class PasswordGrant(grants.ResourceOwnerPasswordCredentialsGrant):
     def authenticate_user(self, username: str, password: str) -> User:
         session = db_session()
         svc = services()
+        backoff = login_backoff()
+        if backoff is not None:
+            # Checked before the password, and for unknown logins alike (no enumeration).
+            wait = backoff.wait_before_attempt(username)
+            if wait:
+                raise LoginThrottled(wait)
         user = accounts.authenticate(session, svc.hasher, username, password)
         if user is None:
+            if backoff is not None:
+                backoff.record_failure(username)
             known = accounts.find_user_by_login(session, username)
             if known is not None:
                 record_login(
@@ -79,6 +103,8 @@ class PasswordGrant(grants.ResourceOwnerPasswordCredentialsGrant):
                 session.commit()
             # One answer for an unknown login, a wrong password and a disabled account.
             raise InvalidGrantError("Invalid username or password.")
+        if backoff is not None:
+            backoff.record_success(username)
         return user
 
     def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:

@@ -57,13 +57,20 @@ class MemoryTokenStore(TokenStore):
         self._refresh = _Expiring(clock)  # (sid, hash) -> [RefreshRecord, spent]
         self._denied = _Expiring(clock)
         self._once = _Expiring(clock)
+        self._login_failures = _Expiring(clock)  # key -> {"count", "until", "hold"}
         self._writes = 0
 
     def _tick(self) -> None:
         # Expired entries are dropped lazily on read; sweep now and then so memory stays flat.
         self._writes += 1
         if self._writes % 1000 == 0:
-            for table in (self._sessions, self._refresh, self._denied, self._once):
+            for table in (
+                self._sessions,
+                self._refresh,
+                self._denied,
+                self._once,
+                self._login_failures,
+            ):
                 table.purge()
 
     def start_session(
@@ -138,3 +145,33 @@ class MemoryTokenStore(TokenStore):
 
     def ping(self) -> bool:
         return True
+
+    def record_login_failure(self, key: str, window: int) -> int:
+        with self._lock:
+            self._tick()
+            entry = self._login_failures.get(key) or {"count": 0, "until": 0, "hold": 0}
+            entry = {**entry, "count": entry["count"] + 1}
+            self._login_failures.set(key, entry, window)
+            return int(entry["count"])
+
+    def hold_login_attempts(self, key: str, until: int, hold: int, window: int) -> None:
+        with self._lock:
+            self._tick()
+            entry = self._login_failures.get(key) or {"count": 0, "until": 0, "hold": 0}
+            entry = {**entry, "until": max(entry["until"], until), "hold": hold}
+            self._login_failures.set(key, entry, window)
+
+    def claim_login_attempt(self, key: str, now: int) -> int:
+        with self._lock:
+            entry = self._login_failures.get(key)
+            if entry is None:
+                return 0
+            if entry["until"] > now:
+                return int(entry["until"] - now)
+            if entry["hold"] > 0:
+                self._login_failures.set_keep_ttl(key, {**entry, "until": now + entry["hold"]})
+            return 0
+
+    def clear_login_failures(self, key: str) -> None:
+        with self._lock:
+            self._login_failures.pop(key)

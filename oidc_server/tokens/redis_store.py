@@ -47,6 +47,29 @@ return {'rotated', unpack(rec)}
 """
 
 
+# KEYS: the failure record. ARGV: until, hold, window. The later "not before" wins so that
+# concurrent failures never shorten a wait.
+_HOLD = """
+local current = redis.call('HGET', KEYS[1], 'until')
+if (not current) or tonumber(current) < tonumber(ARGV[1]) then
+  redis.call('HSET', KEYS[1], 'until', ARGV[1])
+end
+redis.call('HSET', KEYS[1], 'hold', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+# KEYS: the failure record. ARGV: now. Answers the seconds to wait, or 0 after claiming.
+_CLAIM = """
+local until_ = tonumber(redis.call('HGET', KEYS[1], 'until') or '0')
+local now = tonumber(ARGV[1])
+if until_ > now then return until_ - now end
+local hold = tonumber(redis.call('HGET', KEYS[1], 'hold') or '0')
+if hold > 0 then redis.call('HSET', KEYS[1], 'until', now + hold) end
+return 0
+"""
+
+
 def _fail_closed(fn: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -68,6 +91,8 @@ class RedisTokenStore(TokenStore):
         self.redis = client
         self.prefix = prefix
         self._rotate = client.register_script(_ROTATE)
+        self._hold = client.register_script(_HOLD)
+        self._claim = client.register_script(_CLAIM)
 
     @classmethod
     def from_url(cls, url: str) -> RedisTokenStore:
@@ -91,6 +116,9 @@ class RedisTokenStore(TokenStore):
 
     def _once_key(self, namespace: str, key: str) -> str:
         return f"{self.prefix}:once:{namespace}:{key}"
+
+    def _login_failures_key(self, key: str) -> str:
+        return f"{self.prefix}:loginfail:{key}"
 
     # Sessions and refresh tokens ----------------------------------------------------------
     @_fail_closed
@@ -200,6 +228,28 @@ class RedisTokenStore(TokenStore):
     def take_once(self, namespace: str, key: str) -> dict[str, Any] | None:
         raw = self.redis.getdel(self._once_key(namespace, key))
         return None if raw is None else json.loads(raw)
+
+    # Failed-login backoff -----------------------------------------------------------------
+    @_fail_closed
+    def record_login_failure(self, key: str, window: int) -> int:
+        record = self._login_failures_key(key)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hincrby(record, "count", 1)
+        pipe.expire(record, window)
+        count, _ = pipe.execute()
+        return int(count)
+
+    @_fail_closed
+    def hold_login_attempts(self, key: str, until: int, hold: int, window: int) -> None:
+        self._hold(keys=[self._login_failures_key(key)], args=[until, hold, window])
+
+    @_fail_closed
+    def claim_login_attempt(self, key: str, now: int) -> int:
+        return int(self._claim(keys=[self._login_failures_key(key)], args=[now]))
+
+    @_fail_closed
+    def clear_login_failures(self, key: str) -> None:
+        self.redis.delete(self._login_failures_key(key))
 
     def ping(self) -> bool:
         try:

@@ -157,3 +157,28 @@ class TokenStore(ABC):
 
     @abstractmethod
     def ping(self) -> bool: ...
+
+    # Failed-login backoff ------------------------------------------------------------------
+    # A per-account count of failed logins, and a "not before" time that slows guessing down
+    # without locking the account: see ``oidc_server.login_backoff``. ``key`` is opaque (a
+    # digest of the login), times are whole seconds since the epoch.
+
+    @abstractmethod
+    def record_login_failure(self, key: str, window: int) -> int:
+        """Count one more failure for ``key``; the count lapses ``window`` s after the last one."""
+
+    @abstractmethod
+    def hold_login_attempts(self, key: str, until: int, hold: int, window: int) -> None:
+        """Refuse attempts before ``until`` (the later wins), then hold each claimed one."""
+
+    @abstractmethod
+    def claim_login_attempt(self, key: str, now: int) -> int:
+        """Seconds to wait before an attempt on ``key`` may be checked; 0 claims one now.
+
+        While a hold is in force, a successful claim pushes the next attempt ``hold`` seconds
+        out at once, so concurrent guesses cannot slip through together when a wait ends.
+        """
+
+    @abstractmethod
+    def clear_login_failures(self, key: str) -> None:
+        """Forget the failures of ``key`` (after a successful login)."""

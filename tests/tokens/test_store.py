@@ -7,6 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from oidc_server.tokens.memory_store import MemoryTokenStore
 from oidc_server.tokens.redis_store import RedisTokenStore
@@ -177,7 +179,10 @@ def test_of_concurrent_rotations_exactly_one_wins(store: TokenStore, workers: in
 
 
 def test_an_unreachable_redis_fails_closed() -> None:
-    dead = RedisTokenStore(redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2))
+    no_retry = Retry(NoBackoff(), 0)
+    dead = RedisTokenStore(
+        redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=no_retry)
+    )
     assert dead.ping() is False
     with pytest.raises(StoreUnavailable):
         dead.is_access_token_active("jti", "sid")

@@ -1,0 +1,26 @@
+// Bounded loopback load, one scenario: node load.mjs SPEC_JSON
+// SPEC: {url, method, seconds, connections, headers?, body?, bodies?: [..]}; with `bodies`, each
+// request takes the next one and the run stops when they are used up (single-use tokens).
+import autocannon from 'autocannon';
+
+const spec = JSON.parse(process.argv[2]);
+const options = {
+  url: spec.url,
+  method: spec.method,
+  duration: spec.seconds,
+  connections: spec.connections,
+  headers: spec.headers || {},
+  body: spec.body,
+};
+if (spec.bodies) {
+  let next = 0;
+  options.amount = spec.bodies.length;
+  options.requests = [{
+    setupRequest: (req) => ({ ...req, body: spec.bodies[next++ % spec.bodies.length] }),
+  }];
+}
+const r = await autocannon(options);
+console.log(JSON.stringify({
+  rps: r.requests.average, p50: r.latency.p50, p99: r.latency.p99,
+  ok: r['2xx'], bad: r.non2xx + r.errors + r.timeouts, total: r.requests.total,
+}));

@@ -1,0 +1,466 @@
+"""`make bench`: production mode under load, one scenario at a time, figures as a table and JSON.
+
+Starts gunicorn (APP_ENV=production, rate limits off) on PostgreSQL and Redis, seeds a client,
+users, roles and sessions, then loads each scenario with autocannon (bench/load.mjs) on
+loopback for a bounded time. ``--growth`` then seeds 1,000,000 users and 10,000,000
+login-history rows and repeats login and history paging, to show cost does not grow with data.
+
+    .venv/bin/python scripts/bench.py [--seconds 10] [--connections 32] [--growth]
+
+Needs PostgreSQL and Redis (BENCH_DATABASE_URL, BENCH_REDIS_URL), Node.js and npm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import multiprocessing
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import requests
+from sqlalchemy import create_engine, text
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+BENCH_DIR = ROOT / "bench"
+RESULTS = ROOT / "bench-results"
+PASSWORD = "bench password 1234"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ensure_database(url: str) -> None:
+    base, _, name = url.rpartition("/")
+    engine = create_engine(f"{base}/postgres", isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        if not conn.scalar(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}):
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+
+
+def reset_database(url: str) -> None:
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+def ensure_autocannon() -> None:
+    if not (BENCH_DIR / "node_modules" / "autocannon").exists():
+        subprocess.run(
+            ["npm", "install", "--no-audit", "--no-fund", "--silent"], cwd=BENCH_DIR, check=True
+        )
+
+
+def load(spec: dict[str, Any]) -> dict[str, Any]:
+    out = subprocess.run(
+        ["node", "load.mjs", json.dumps(spec)],
+        cwd=BENCH_DIR,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _argon2_worker(encoded: str, seconds: float, params: dict[str, int], out: Any) -> None:
+    from oidc_server.security import PasswordHasher
+
+    hasher = PasswordHasher(**params)
+    count, deadline = 0, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        hasher.verify(encoded, PASSWORD)
+        count += 1
+    out.put(count)
+
+
+def argon2_rate(workers: int, seconds: float, params: dict[str, int]) -> float:
+    """Verifications per second that `workers` processes manage with our argon2 parameters."""
+    from oidc_server.security import PasswordHasher
+
+    encoded = PasswordHasher(**params).hash(PASSWORD)
+    queue: Any = multiprocessing.Queue()
+    procs = [
+        multiprocessing.Process(target=_argon2_worker, args=(encoded, seconds, params, queue))
+        for _ in range(workers)
+    ]
+    for p in procs:
+        p.start()
+    total = sum(queue.get() for _ in procs)
+    for p in procs:
+        p.join()
+    return total / seconds
+
+
+class Server:
+    """gunicorn in production mode, as `make run-prod` starts it."""
+
+    def __init__(self, env: dict[str, str], workers: int) -> None:
+        self.env, self.workers = env, workers
+        self.url = f"http://127.0.0.1:{env['PORT']}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start_seconds = 0.0
+
+    def start(self) -> None:
+        subprocess.run(
+            [str(BIN / "oidc-server"), "db", "upgrade"],
+            env=self.env,
+            check=True,
+            capture_output=True,
+        )
+        started = time.monotonic()
+        args = [
+            str(BIN / "gunicorn"),
+            "-w",
+            str(self.workers),
+            "-b",
+            f"127.0.0.1:{self.env['PORT']}",
+            "--log-level",
+            "warning",
+        ]
+        if (ROOT / "gunicorn.conf.py").exists():
+            args += ["-c", str(ROOT / "gunicorn.conf.py")]
+        args.append("oidc_server.app:create_app()")
+        self.proc = subprocess.Popen(
+            args,
+            env=self.env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=open(RESULTS / "gunicorn.log", "wb"),
+        )
+        while True:
+            try:
+                requests.get(f"{self.url}/.well-known/openid-configuration", timeout=1)
+                break
+            except requests.ConnectionError:
+                if self.proc.poll() is not None or time.monotonic() - started > 60:
+                    raise RuntimeError("gunicorn did not start; see bench-results/gunicorn.log")
+                time.sleep(0.02)
+        self.start_seconds = time.monotonic() - started
+
+    def worker_rss_mb(self) -> list[float]:
+        assert self.proc is not None
+        children = subprocess.run(
+            ["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True
+        ).stdout.split()
+        sizes = []
+        for pid in children:
+            status = Path(f"/proc/{pid}/status").read_text()
+            rss_kb = next(
+                int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS")
+            )
+            sizes.append(rss_kb / 1024)
+        return sizes
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=30)
+
+
+def seed(env: dict[str, str], users: int) -> dict[str, Any]:
+    """A machine client, users with a role, and ready sessions for refresh and bearer calls."""
+    os.environ.update(env)
+    from oidc_server.accounts import role_names
+    from oidc_server.clients import create_client
+    from oidc_server.config import Settings
+    from oidc_server.models import Role, User, UserRole
+    from oidc_server.services import Services
+    from oidc_server.tokens.service import LoginContext
+
+    settings = Settings.from_env()
+    svc = Services.build(settings)
+    svc.keyring.ensure_key()
+    password_hash = svc.hasher.hash(PASSWORD)
+    with svc.db.session() as session:
+        machine = create_client(
+            session,
+            settings.secret_key,
+            name="bench",
+            grant_types=["client_credentials"],
+            scopes=["roles:read", "roles:write"],
+        )
+        role = session.query(Role).filter_by(name="subscriber").one()
+        session.execute(
+            User.__table__.insert(),
+            [
+                {
+                    "id": uuid.uuid4(),
+                    "login": f"user{i}@bench.example",
+                    "password_hash": password_hash,
+                    "is_active": True,
+                }
+                for i in range(users)
+            ],
+        )
+        first = session.query(User).filter_by(login="user0@bench.example").one()
+        session.add(UserRole(user_id=first.id, role_id=role.id))
+        session.flush()
+        roles = role_names(session, first.id)
+        user_id, role_id = str(first.id), str(role.id)
+    sessions = [
+        svc.tokens.start_session(
+            LoginContext(
+                user_id=user_id,
+                client_id=settings.first_party_client_id,
+                scope="openid profile email",
+                roles=roles,
+                auth_method="password",
+            )
+        )[0]
+        for _ in range(30_000)
+    ]
+    svc.db.dispose()
+    return {"machine": machine, "user_id": user_id, "role_id": role_id, "sessions": sessions}
+
+
+def deep_cursor(url: str, user_token: str, pages: int = 50) -> str:
+    """The cursor of page ``pages`` of the benchmark user's history (keyset, so cost is flat)."""
+    cursor = ""
+    for _ in range(pages):
+        page = requests.get(
+            f"{url}/api/v1/users/me/login-history",
+            params={"limit": 20, **({"cursor": cursor} if cursor else {})},
+            headers={"authorization": f"Bearer {user_token}"},
+            timeout=10,
+        ).json()
+        cursor = page.get("next_cursor") or cursor
+    return cursor
+
+
+HISTORY_ROWS_SQL = """
+INSERT INTO login_history (id, user_id, logged_in_at, method, success, user_agent, ip, device)
+SELECT gen_random_uuid(), u.id, now() - random() * interval '365 days', 'password', true,
+       'Mozilla/5.0 (bench)', '127.0.0.1', 'bench'
+FROM users u CROSS JOIN generate_series(1, :per_user)
+WHERE u.login LIKE :pattern
+"""
+
+
+def seed_history(db_url: str, user_id: str, own_rows: int, per_user: int, pattern: str) -> None:
+    """``own_rows`` entries for the benchmark user and ``per_user`` for every user matching."""
+    engine = create_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(text(HISTORY_ROWS_SQL), {"per_user": per_user, "pattern": pattern})
+        conn.execute(
+            text("""
+            INSERT INTO login_history (id, user_id, logged_in_at, method, success, device)
+            SELECT gen_random_uuid(), :uid, now() - g * interval '1 minute', 'password', true,
+                   'bench'
+            FROM generate_series(1, :n) g"""),
+            {"uid": user_id, "n": own_rows},
+        )
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("VACUUM ANALYZE users"))
+        conn.execute(text("VACUUM ANALYZE login_history"))
+    engine.dispose()
+
+
+def grow(db_url: str, users: int, rows: int) -> None:
+    """Add ``users`` users (same hash) and ``rows`` history rows spread evenly over them."""
+    engine = create_engine(db_url)
+    with engine.begin() as conn:
+        password_hash = conn.scalar(text("SELECT password_hash FROM users LIMIT 1"))
+        conn.execute(
+            text("""
+            INSERT INTO users (id, login, password_hash, is_active, created_at, updated_at)
+            SELECT gen_random_uuid(), 'grown' || i || '@bench.example', :h, true, now(), now()
+            FROM generate_series(1, :n) i"""),
+            {"h": password_hash, "n": users},
+        )
+    engine.dispose()
+    seed_history(db_url, str(uuid.UUID(int=0)), 0, rows // users, "grown%")
+
+
+def scenarios(
+    server: Server, data: dict[str, Any], seconds: int, conns: int, only: set[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    url = server.url
+    machine = data["machine"]
+    basic = (
+        "Basic "
+        + base64.b64encode(f"{machine.client_id}:{machine.client_secret}".encode()).decode()
+    )
+    form = "application/x-www-form-urlencoded"
+    client_token = requests.post(
+        f"{url}/oauth/token",
+        data={"grant_type": "client_credentials"},
+        auth=(machine.client_id, machine.client_secret),
+        timeout=5,
+    ).json()["access_token"]
+    user_token = data["sessions"][0]["access_token"]
+    refresh_bodies = [
+        f"grant_type=refresh_token&client_id=cinema-app&refresh_token={s['refresh_token']}"
+        for s in data["sessions"][1:]
+    ]
+    login_body = json.dumps({"login": "user0@bench.example", "password": PASSWORD})
+    specs = {
+        "client_credentials": {
+            "url": f"{url}/oauth/token",
+            "method": "POST",
+            "headers": {"authorization": basic, "content-type": form},
+            "body": "grant_type=client_credentials",
+        },
+        "password_login": {
+            "url": f"{url}/api/v1/auth/login",
+            "method": "POST",
+            "headers": {"content-type": "application/json"},
+            "body": login_body,
+        },
+        "refresh": {
+            "url": f"{url}/oauth/token",
+            "method": "POST",
+            "headers": {"content-type": form},
+            "bodies": refresh_bodies,
+        },
+        "introspection": {
+            "url": f"{url}/oauth/introspect",
+            "method": "POST",
+            "headers": {"authorization": basic, "content-type": form},
+            "body": f"token={user_token}",
+        },
+        "head_role_check": {
+            "url": f"{url}/api/v1/users/{data['user_id']}/roles/{data['role_id']}/",
+            "method": "HEAD",
+            "headers": {"authorization": f"Bearer {client_token}"},
+        },
+        "users_me": {
+            "url": f"{url}/api/v1/users/me",
+            "method": "GET",
+            "headers": {"authorization": f"Bearer {user_token}"},
+        },
+        "history_first_page": {
+            "url": f"{url}/api/v1/users/me/login-history?limit=20",
+            "method": "GET",
+            "headers": {"authorization": f"Bearer {user_token}"},
+        },
+        "history_deep_page": {
+            "url": f"{url}/api/v1/users/me/login-history?limit=20&cursor="
+            f"{deep_cursor(url, user_token)}",
+            "method": "GET",
+            "headers": {"authorization": f"Bearer {user_token}"},
+        },
+        "jwks": {"url": f"{url}/.well-known/jwks.json", "method": "GET"},
+        "discovery": {"url": f"{url}/.well-known/openid-configuration", "method": "GET"},
+    }
+    results = {}
+    for name, spec in specs.items():
+        if only and name not in only:
+            continue
+        spec.update(seconds=seconds, connections=conns)
+        load(
+            {**spec, "seconds": 2, "bodies": None}
+            if "bodies" not in spec
+            else {**spec, "bodies": spec["bodies"][:500]}
+        )  # warm-up
+        if "bodies" in spec:
+            spec["bodies"] = spec["bodies"][500:]
+        results[name] = load(spec)
+        print(
+            f"{name:<20} {results[name]['rps']:>9.0f} {results[name]['p50']:>7} "
+            f"{results[name]['p99']:>7} {results[name]['bad']:>7}",
+            flush=True,
+        )
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=0, help="default: gunicorn.conf.py's")
+    parser.add_argument("--growth", action="store_true")
+    args = parser.parse_args()
+
+    db_url = os.environ.get(
+        "BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/bench"
+    )
+    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/8")
+    RESULTS.mkdir(exist_ok=True)
+    ensure_autocannon()
+    ensure_database(db_url)
+    reset_database(db_url)
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    workdir = Path(tempfile.mkdtemp(prefix="oidc-bench-"))
+    port = free_port()
+    workers = (
+        args.workers or int(os.environ.get("WEB_CONCURRENCY", 0)) or (2 * (os.cpu_count() or 1) + 1)
+    )
+    env = {
+        **os.environ,
+        "APP_ENV": "production",
+        "SECRET_KEY": secrets.token_urlsafe(40),
+        "DATABASE_URL": db_url,
+        "REDIS_URL": redis_url,
+        "RATELIMIT_ENABLED": "false",
+        "OIDC_KEYS_DIR": str(workdir / "keys"),
+        "INSTANCE_DIR": str(workdir / "instance"),
+        "OIDC_ISSUER": f"http://127.0.0.1:{port}",
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        "WEB_CONCURRENCY": str(workers),
+        "LOG_LEVEL": "WARNING",
+    }
+    server = Server(env, workers)
+    report: dict[str, Any] = {
+        "workers": workers,
+        "connections": args.connections,
+        "seconds": args.seconds,
+        "cpus": os.cpu_count(),
+    }
+    try:
+        subprocess.run(
+            [str(BIN / "oidc-server"), "db", "upgrade"], env=env, check=True, capture_output=True
+        )
+        data = seed(env, users=1000)
+        # 10 history rows per user, and 2,000 for the user whose history is paged.
+        seed_history(db_url, data["user_id"], 2000, 10, "user%")
+        server.start()
+        report["start_to_first_answer_s"] = round(server.start_seconds, 3)
+        print(f"gunicorn: {workers} workers, first answer after {server.start_seconds:.2f}s")
+        print(f"{'scenario':<20} {'req/s':>9} {'p50ms':>7} {'p99ms':>7} {'errors':>7}")
+        report["scenarios"] = scenarios(server, data, args.seconds, args.connections)
+        report["worker_rss_mb"] = [round(x, 1) for x in server.worker_rss_mb()]
+        params = {"time_cost": 3, "memory_cost": 65536, "parallelism": 4}
+        report["argon2_verify_per_s"] = round(argon2_rate(workers, 5, params), 1)
+        print(f"argon2id verify rate ({workers} processes): {report['argon2_verify_per_s']}/s")
+        print(f"worker RSS MB: {report['worker_rss_mb']}")
+        if args.growth:
+            print("growth: adding 1,000,000 users and 10,000,000 history rows ...", flush=True)
+            started = time.monotonic()
+            grow(db_url, users=1_000_000, rows=10_000_000)
+            print(f"seeded in {time.monotonic() - started:.0f}s")
+            report["growth"] = scenarios(
+                server,
+                data,
+                args.seconds,
+                args.connections,
+                only={"password_login", "history_first_page", "history_deep_page"},
+            )
+    finally:
+        server.stop()
+    out = RESULTS / "bench.json"
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
