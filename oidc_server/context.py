@@ -19,12 +19,18 @@ def db_session() -> Session:
     return g.db_session
 
 
+def _printable(value: str, limit: int) -> str:
+    """Header text safe to store: no NULs or lone surrogates (PostgreSQL refuses both)."""
+    cleaned = value[:limit].replace("\x00", "")
+    return cleaned.encode("utf-8", "replace").decode("utf-8")
+
+
 def client_ip() -> str:
-    return request.remote_addr or ""
+    return _printable(request.remote_addr or "", 64)
 
 
 def user_agent() -> str:
-    return request.headers.get("User-Agent", "")[:512]
+    return _printable(request.headers.get("User-Agent", ""), 512)
 
 
 def init_app(app: Flask) -> None:

@@ -17,12 +17,13 @@ from .config import PROJECT_ROOT
 
 def make_engine(url: str) -> Engine:
     """Create an engine; SQLite gets its folder created and foreign keys switched on."""
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    # hide_parameters: a failed INSERT must not put emails or hashes into error logs.
+    kwargs: dict[str, Any] = {"pool_pre_ping": True, "hide_parameters": True}
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        kwargs = {"connect_args": {"check_same_thread": False}}
+        kwargs = {"connect_args": {"check_same_thread": False}, "hide_parameters": True}
     else:
         kwargs.update(pool_size=10, max_overflow=20)
     engine = create_engine(url, **kwargs)

@@ -8,7 +8,6 @@ from typing import Any, NoReturn
 
 from flask import Response, redirect
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import EXCLUDE, Schema, fields, validate
 
 from .. import accounts
@@ -18,8 +17,9 @@ from ..social import SocialError, flows
 from ..social import accounts as social_accounts
 from ..social.claims import SocialIdentity
 from .common import BEARER, ErrorSchema, abort, current_token, user_token_required
+from .schemas import api_blueprint
 
-blp = Blueprint("social", __name__, url_prefix="/api/v1", description="social")
+blp = api_blueprint("social", __name__, "Sign in with Google or Yandex; linked social accounts.")
 
 #: HTTP status of each SocialError code.
 STATUS = {

@@ -131,3 +131,37 @@ def test_malformed_bearer_headers_are_invalid_token(client: FlaskClient, header:
     response = client.get("/oauth/userinfo", headers={"Authorization": header})
     assert response.status_code == 401
     assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
+
+
+@pytest.mark.parametrize("agent", ["bad\x00agent", "\udcff\udcfe", "\u202e" * 600, ""])
+def test_odd_user_agents_are_stored_safely(client: FlaskClient, user: User, agent: str) -> None:
+    """The User-Agent goes into login history and sessions; NULs would break PostgreSQL."""
+    response = client.post(
+        "/oauth/token",
+        data={
+            "grant_type": "password",
+            "client_id": "cinema-app",
+            "username": "viewer@example.com",
+            "password": "correct horse battery staple",
+        },
+        headers={"User-Agent": agent},
+    )
+    assert response.status_code == 200
+
+
+DEEP_JSON = "[" * 50_000 + "]" * 50_000
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/auth/register",
+        "/api/v1/auth/login",
+        "/api/v1/auth/refresh",
+        "/api/v1/social/login/google",
+        "/api/v1/roles/",
+    ],
+)
+def test_deeply_nested_json_is_refused_cheaply(client: FlaskClient, path: str) -> None:
+    response = client.post(path, data=DEEP_JSON, content_type="application/json")
+    assert 400 <= response.status_code < 500 and response.is_json
