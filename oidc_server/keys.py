@@ -9,8 +9,8 @@ notice a rotation by the folder's modification time, so no restart is needed.
 from __future__ import annotations
 
 import contextlib
-import functools
 import fcntl
+import functools
 import itertools
 import os
 import threading

@@ -38,7 +38,6 @@ from .logs import JsonFormatter
 REQUEST_ID_HEADER = "X-Request-ID"
 #: A caller's id is kept only if it is this plain: nothing that could forge a log field or a header.
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:+/=-]{1,128}")
-_ENVIRON_REQUEST_ID = "oidc.request_id"
 _ENVIRON_STARTED = "oidc.request_started"
 UNMATCHED_ROUTE = "<unmatched>"
 #: Probes and scrapes arrive every few seconds from every replica; their access lines are DEBUG.
@@ -256,7 +255,6 @@ class RequestIdMiddleware:
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
         request_id = sane_request_id(environ.get("HTTP_X_REQUEST_ID")) or uuid.uuid4().hex
-        environ[_ENVIRON_REQUEST_ID] = request_id
         environ[_ENVIRON_STARTED] = time.perf_counter()
 
         def _start_response(status: str, headers: list[tuple[str, str]], *exc_info: Any) -> Any:
