@@ -10,7 +10,7 @@ import click
 from . import accounts, audit
 from . import roles as roles_domain
 from .bootstrap import ensure_first_party_client
-from .clients import GRANT_TYPES, SCOPES_SUPPORTED, ClientError, create_client
+from .clients import CLIENTS_GENERATION, GRANT_TYPES, SCOPES_SUPPORTED, ClientError, create_client
 from .config import ConfigError, Settings
 from .db import Database, upgrade
 from .keys import KeyRing
@@ -57,10 +57,18 @@ def db_upgrade(revision: str) -> None:
     upgrade(settings.resolved_database_url, revision)
     database = Database(settings.resolved_database_url)
     with database.session() as session:
-        if ensure_first_party_client(session, settings):
-            click.echo(f"created first-party client {settings.first_party_client_id}")
+        created = ensure_first_party_client(session, settings)
     database.dispose()
+    if created:
+        _clients_changed(settings)
+        click.echo(f"created first-party client {settings.first_party_client_id}")
     click.echo("database is up to date")
+
+
+def _clients_changed(settings: Settings) -> None:
+    """Tell running workers to drop cached clients (they share Redis with the CLI)."""
+    if settings.redis_url:
+        RedisTokenStore.from_url(settings.redis_url).bump_generation(CLIENTS_GENERATION)
 
 
 @main.group()
@@ -124,6 +132,7 @@ def clients_create(
         raise click.ClickException(str(exc)) from None
     finally:
         database.dispose()
+    _clients_changed(settings)
     credentials = {"client_id": new.client_id, "client_secret": new.client_secret}
     if as_json:
         click.echo(json.dumps(credentials))

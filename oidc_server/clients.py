@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from authlib.oauth2.rfc6749 import ClientMixin
 from authlib.oauth2.rfc6749.util import list_to_scope, scope_to_list
+from authlib.oauth2.rfc8628 import DEVICE_CODE_GRANT_TYPE
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .models import OAuthClient
 from .security import check_client_secret, generate_client_secret, hash_client_secret
 
-GRANT_TYPES = ("client_credentials", "password", "refresh_token")
+GRANT_TYPES = (
+    "authorization_code",
+    "client_credentials",
+    "password",
+    "refresh_token",
+    DEVICE_CODE_GRANT_TYPE,
+)
+#: Grants a person approves in a browser (at /oauth/authorize or /activate).
+BROWSER_GRANT_TYPES = ("authorization_code", DEVICE_CODE_GRANT_TYPE)
 SCOPES_SUPPORTED = ("openid", "profile", "email", "roles:read", "roles:write")
 
 
@@ -34,6 +46,7 @@ class RegisteredClient(ClientMixin):
     scopes: tuple[str, ...]
     redirect_uris: tuple[str, ...] = ()
     secret_key: str = field(default="", repr=False)
+    post_logout_redirect_uris: tuple[str, ...] = ()
 
     @classmethod
     def from_row(cls, row: OAuthClient, secret_key: str) -> RegisteredClient:
@@ -47,6 +60,7 @@ class RegisteredClient(ClientMixin):
             scopes=tuple(row.scopes),
             redirect_uris=tuple(row.redirect_uris),
             secret_key=secret_key,
+            post_logout_redirect_uris=tuple(row.post_logout_redirect_uris or ()),
         )
 
     def get_client_id(self) -> str:
@@ -66,7 +80,11 @@ class RegisteredClient(ClientMixin):
         return not scope or set(scope_to_list(scope)) <= set(self.scopes)
 
     def check_redirect_uri(self, redirect_uri: str) -> bool:
+        # Exact string comparison (RFC 9700 §4.1.3): no prefix, pattern or case folding.
         return redirect_uri in self.redirect_uris
+
+    def check_post_logout_redirect_uri(self, uri: str) -> bool:
+        return uri in self.post_logout_redirect_uris
 
     def check_client_secret(self, client_secret: str) -> bool:
         return check_client_secret(self.secret_key, client_secret, self.secret_hash)
@@ -77,10 +95,35 @@ class RegisteredClient(ClientMixin):
         return method == "none"
 
     def check_response_type(self, response_type: str) -> bool:
-        return False
+        return response_type == "code" and "authorization_code" in self.grant_types
 
     def check_grant_type(self, grant_type: str) -> bool:
         return grant_type in self.grant_types
+
+
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+
+def redirect_uri_problem(uri: str) -> str | None:
+    """Why ``uri`` cannot be registered as a redirect URI, or None if it can.
+
+    https anywhere; http only on loopback (RFC 8252 §7.3); a native app's private-use scheme
+    in reverse-domain form (RFC 8252 §7.1). Absolute, no fragment (RFC 6749 §3.1.2).
+    """
+    parts = urlsplit(uri)
+    if len(uri) > 2000 or not parts.scheme:
+        return "must be an absolute URI"
+    if parts.fragment or "#" in uri:
+        return "must not contain a fragment"
+    if parts.scheme == "https":
+        return None if parts.netloc else "must name a host"
+    if parts.scheme == "http":
+        host = parts.netloc.rsplit("@", 1)[-1]
+        host = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        return None if host in _LOOPBACK_HOSTS else "http is allowed on loopback hosts only"
+    if "." in parts.scheme and parts.scheme not in ("javascript", "data"):
+        return None
+    return "must be https, http on loopback, or a reverse-domain private-use scheme"
 
 
 @dataclass(frozen=True)
@@ -99,6 +142,8 @@ def create_client(
     confidential: bool = True,
     first_party: bool = False,
     client_id: str | None = None,
+    redirect_uris: list[str] | None = None,
+    post_logout_redirect_uris: list[str] | None = None,
 ) -> NewClient:
     """Register a client. The secret is returned once here and stored only as a keyed hash."""
     unknown = set(grant_types) - set(GRANT_TYPES)
@@ -112,6 +157,16 @@ def create_client(
     if "password" in grant_types and not first_party:
         # RFC 9700 §2.4: the password grant only for the first-party apps that need it.
         raise ClientError("the password grant is only for first-party clients")
+    redirect_uris = list(dict.fromkeys(redirect_uris or []))
+    post_logout_redirect_uris = list(dict.fromkeys(post_logout_redirect_uris or []))
+    for uri in [*redirect_uris, *post_logout_redirect_uris]:
+        problem = redirect_uri_problem(uri)
+        if problem:
+            raise ClientError(f"{uri!r}: {problem}")
+    if "authorization_code" in grant_types and not redirect_uris:
+        raise ClientError("authorization_code needs at least one --redirect-uri")
+    if redirect_uris and "authorization_code" not in grant_types:
+        raise ClientError("redirect URIs are only for the authorization_code grant")
     client_id = client_id or secrets.token_urlsafe(16)
     secret = generate_client_secret() if confidential else None
     session.add(
@@ -123,11 +178,44 @@ def create_client(
             is_first_party=first_party,
             grant_types=list(dict.fromkeys(grant_types)),
             scopes=list(dict.fromkeys(scopes)),
-            redirect_uris=[],
+            redirect_uris=redirect_uris,
+            post_logout_redirect_uris=post_logout_redirect_uris,
         )
     )
     session.flush()
     return NewClient(client_id=client_id, client_secret=secret)
+
+
+#: Generation name that every change to a client bumps (see ``TokenStore.bump_generation``).
+CLIENTS_GENERATION = "clients"
+
+
+class ClientCache:
+    """Clients by id, kept in this worker while the store's "clients" generation is unchanged.
+
+    Authenticating a machine client is on every token and introspection request; this saves
+    a database round trip each time. Any change to a client bumps the generation in the
+    shared store, so every worker drops its copies at once; ``max_age`` bounds staleness
+    in the embedded mode, where the CLI cannot reach the server's in-process store.
+    """
+
+    def __init__(self, max_age: float = 60.0, max_entries: int = 10_000) -> None:
+        self.max_age = max_age
+        self.max_entries = max_entries
+        self._entries: dict[str, tuple[str, float, RegisteredClient | None]] = {}
+
+    def get(
+        self, generation: str, client_id: str, load: Callable[[], RegisteredClient | None]
+    ) -> RegisteredClient | None:
+        now = time.monotonic()
+        entry = self._entries.get(client_id)
+        if entry is not None and entry[0] == generation and now - entry[1] < self.max_age:
+            return entry[2]
+        client = load()
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        self._entries[client_id] = (generation, now, client)
+        return client
 
 
 def find_client(session: Session, secret_key: str, client_id: str) -> RegisteredClient | None:

@@ -98,6 +98,7 @@ class KeyRing:
         self._keys: list[SigningKey] = []
         self._folder_mtime = -1
         self._checked_at = 0.0
+        self._jwks: tuple[tuple[str, ...], dict[str, Any]] | None = None
 
     def ensure_key(self) -> None:
         """Create the first key if the folder has none (safe when workers race to do it)."""
@@ -138,7 +139,12 @@ class KeyRing:
         return None
 
     def jwks(self) -> dict[str, Any]:
-        return {"keys": [k.public_jwk() for k in self.published()]}
+        """The published public keys; rebuilt only when that set changes (it is hot)."""
+        published = self.published()
+        kids = tuple(k.kid for k in published)
+        if self._jwks is None or self._jwks[0] != kids:
+            self._jwks = (kids, {"keys": [k.public_jwk() for k in published]})
+        return self._jwks[1]
 
     def _expired(self, keys: list[SigningKey] | None = None) -> list[SigningKey]:
         keys = self._keys if keys is None else keys

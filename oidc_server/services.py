@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from .clients import ClientCache
 from .config import Settings
 from .db import Database
 from .keys import KeyRing
@@ -23,6 +24,7 @@ class Services:
     keyring: KeyRing
     tokens: TokenService
     hasher: PasswordHasher
+    client_cache: ClientCache = field(default_factory=ClientCache)
 
     @classmethod
     def build(cls, settings: Settings, store: TokenStore | None = None) -> Services:

@@ -9,15 +9,24 @@ from authlib.oauth2.rfc6749 import InvalidClientError, OAuth2Request
 from authlib.oauth2.rfc6749.authenticate_client import authenticate_client_secret_basic
 from flask import Flask, current_app
 
-from ..clients import SCOPES_SUPPORTED, RegisteredClient, find_client
+from ..clients import CLIENTS_GENERATION, SCOPES_SUPPORTED, RegisteredClient, find_client
 from ..context import db_session, services
+from .authorization_code import AuthorizationCodeGrant, OpenIDCode, S256CodeChallenge
 from .endpoints import IntrospectionEndpoint, RevocationEndpoint
 from .grants import ClientCredentialsGrant, PasswordGrant, RefreshTokenGrant
+from .id_tokens import IdTokenIssuer
 
 
 class AuthorizationServer(_AuthorizationServer):
     def query_client(self, client_id: str) -> RegisteredClient | None:
-        return find_client(db_session(), services().settings.secret_key, client_id)
+        svc = services()
+        if not isinstance(client_id, str) or not client_id or len(client_id) > 64:
+            return None
+        return svc.client_cache.get(
+            svc.store.get_generation(CLIENTS_GENERATION),
+            client_id,
+            lambda: find_client(db_session(), svc.settings.secret_key, client_id),
+        )
 
     def create_oauth2_request(self, request: Any) -> Any:
         """Requests built by ``oauth.internal`` are used as they are; else Flask's request."""
@@ -49,6 +58,12 @@ def init_app(app: Flask) -> None:
     server.register_grant(PasswordGrant)
     server.register_grant(RefreshTokenGrant)
     server.register_grant(ClientCredentialsGrant)
+    # Issue 9, the browser-facing OpenID Provider: code flow with PKCE and ID tokens.
+    server.register_grant(AuthorizationCodeGrant, [S256CodeChallenge(), OpenIDCode()])
+    svc = app.extensions["oidc"]
+    app.extensions["id_tokens"] = IdTokenIssuer(
+        svc.keyring, svc.settings.oidc_issuer, svc.settings.access_token_ttl
+    )
     server.register_endpoint(RevocationEndpoint)
     server.register_endpoint(IntrospectionEndpoint)
     app.extensions["authorization_server"] = server

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -59,6 +60,7 @@ class MemoryTokenStore(TokenStore):
         self._once = _Expiring(clock)
         self._login_failures = _Expiring(clock)  # key -> {"count", "until", "hold"}
         self._writes = 0
+        self._generations: dict[str, str] = {}
 
     def _tick(self) -> None:
         # Expired entries are dropped lazily on read; sweep now and then so memory stays flat.
@@ -107,6 +109,16 @@ class MemoryTokenStore(TokenStore):
             self._sessions.set(sid, replace(session, last_used_at=now), ttl)
             return RotateResult(RotateOutcome.ROTATED, record)
 
+    def add_refresh_token(
+        self, sid: str, refresh_hash: str, refresh: RefreshRecord, ttl: int
+    ) -> bool:
+        with self._lock:
+            self._tick()
+            if self._sessions.get(sid) is None:
+                return False
+            self._refresh.set((sid, refresh_hash), [refresh, False], ttl)
+            return True
+
     def get_session(self, sid: str) -> SessionRecord | None:
         with self._lock:
             return self._sessions.get(sid)
@@ -139,12 +151,24 @@ class MemoryTokenStore(TokenStore):
             self._tick()
             self._once.set((namespace, key), copy.deepcopy(value), ttl)
 
+    def peek_once(self, namespace: str, key: str) -> dict[str, Any] | None:
+        with self._lock:
+            return copy.deepcopy(self._once.get((namespace, key)))
+
     def take_once(self, namespace: str, key: str) -> dict[str, Any] | None:
         with self._lock:
             return self._once.pop((namespace, key))
 
     def ping(self) -> bool:
         return True
+
+    def get_generation(self, name: str) -> str:
+        with self._lock:
+            return self._generations.get(name, "")
+
+    def bump_generation(self, name: str) -> None:
+        with self._lock:
+            self._generations[name] = uuid.uuid4().hex
 
     def record_login_failure(self, key: str, window: int) -> int:
         with self._lock:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import uuid
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
@@ -21,6 +22,9 @@ from .store import (
     StoreUnavailable,
     TokenStore,
 )
+
+#: Generation tags live a week; an expired tag reads as "" and simply invalidates caches.
+GENERATION_TTL = 7 * 24 * 3600
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -46,6 +50,14 @@ redis.call('EXPIRE', KEYS[1], ttl)
 return {'rotated', unpack(rec)}
 """
 
+
+# KEYS: session, new refresh token. ARGV: ttl, then the record's field/value pairs.
+_ADD_REFRESH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[1]))
+return 1
+"""
 
 # KEYS: the failure record. ARGV: until, hold, window. The later "not before" wins so that
 # concurrent failures never shorten a wait.
@@ -91,6 +103,7 @@ class RedisTokenStore(TokenStore):
         self.redis = client
         self.prefix = prefix
         self._rotate = client.register_script(_ROTATE)
+        self._add_refresh = client.register_script(_ADD_REFRESH)
         self._hold = client.register_script(_HOLD)
         self._claim = client.register_script(_CLAIM)
 
@@ -169,6 +182,15 @@ class RedisTokenStore(TokenStore):
         return RotateResult(outcome, record)
 
     @_fail_closed
+    def add_refresh_token(
+        self, sid: str, refresh_hash: str, refresh: RefreshRecord, ttl: int
+    ) -> bool:
+        fields = {**refresh.to_fields(), "spent": "0"}
+        pairs = [item for field_value in fields.items() for item in field_value]
+        keys = [self._session_key(sid), self._refresh_key(sid, refresh_hash)]
+        return bool(self._add_refresh(keys=keys, args=[ttl, *pairs]))
+
+    @_fail_closed
     def get_session(self, sid: str) -> SessionRecord | None:
         fields = self.redis.hgetall(self._session_key(sid))
         if not fields:
@@ -225,6 +247,11 @@ class RedisTokenStore(TokenStore):
         self.redis.set(self._once_key(namespace, key), json.dumps(value), ex=ttl)
 
     @_fail_closed
+    def peek_once(self, namespace: str, key: str) -> dict[str, Any] | None:
+        raw = self.redis.get(self._once_key(namespace, key))
+        return None if raw is None else json.loads(raw)
+
+    @_fail_closed
     def take_once(self, namespace: str, key: str) -> dict[str, Any] | None:
         raw = self.redis.getdel(self._once_key(namespace, key))
         return None if raw is None else json.loads(raw)
@@ -250,6 +277,20 @@ class RedisTokenStore(TokenStore):
     @_fail_closed
     def clear_login_failures(self, key: str) -> None:
         self.redis.delete(self._login_failures_key(key))
+
+    @_fail_closed
+    def get_generation(self, name: str) -> str:
+        raw = self.redis.get(self._generation_key(name))
+        return raw.decode() if raw else ""
+
+    @_fail_closed
+    def bump_generation(self, name: str) -> None:
+        # A random tag, not a counter: if the key expires, a later bump can never bring
+        # back a value some worker cached under before.
+        self.redis.set(self._generation_key(name), uuid.uuid4().hex, ex=GENERATION_TTL)
+
+    def _generation_key(self, name: str) -> str:
+        return f"{self.prefix}:generation:{name}"
 
     def ping(self) -> bool:
         try:

@@ -120,6 +120,15 @@ class TokenStore(ABC):
         """
 
     @abstractmethod
+    def add_refresh_token(
+        self, sid: str, refresh_hash: str, refresh: RefreshRecord, ttl: int
+    ) -> bool:
+        """Add a first refresh token to a live session (one more client of a browser login).
+
+        Atomic with the session check: False, and nothing stored, if the session has ended.
+        """
+
+    @abstractmethod
     def get_session(self, sid: str) -> SessionRecord | None: ...
 
     @abstractmethod
@@ -152,11 +161,27 @@ class TokenStore(ABC):
         """Keep a short-lived single-use value (social sign-in state, codes)."""
 
     @abstractmethod
+    def peek_once(self, namespace: str, key: str) -> dict[str, Any] | None:
+        """Read a ``put_once`` value without taking it; None if absent or expired."""
+
+    @abstractmethod
     def take_once(self, namespace: str, key: str) -> dict[str, Any] | None:
         """Return and delete the value atomically; None if absent, expired or already taken."""
 
     @abstractmethod
     def ping(self) -> bool: ...
+
+    # Cache generations ----------------------------------------------------------------
+    # A worker may cache rows (OAuth clients) in memory if it checks, on each use, that the
+    # named generation has not changed; any change to the rows sets a new one.
+
+    @abstractmethod
+    def get_generation(self, name: str) -> str:
+        """The current generation tag of ``name`` ("" when none was set or it expired)."""
+
+    @abstractmethod
+    def bump_generation(self, name: str) -> None:
+        """Set a fresh, never-repeating generation tag for ``name``."""
 
     # Failed-login backoff ------------------------------------------------------------------
     # A per-account count of failed logins, and a "not before" time that slows guessing down

@@ -186,3 +186,14 @@ def test_an_unreachable_redis_fails_closed() -> None:
     assert dead.ping() is False
     with pytest.raises(StoreUnavailable):
         dead.is_access_token_active("jti", "sid")
+
+
+def test_generations_change_on_every_bump_and_never_repeat(store: TokenStore) -> None:
+    assert store.get_generation("clients") == ""
+    seen = {""}
+    for _ in range(5):
+        store.bump_generation("clients")
+        tag = store.get_generation("clients")
+        assert tag not in seen
+        seen.add(tag)
+    assert store.get_generation("other") == ""
