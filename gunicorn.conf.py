@@ -57,13 +57,22 @@ def _bind_address(host: str, port: int) -> str:
 wsgi_app = "oidc_server.app:create_app()"
 bind = [_bind_address(os.environ.get("HOST", "127.0.0.1"), _int_env("PORT", 8000))]
 workers = _int_env("WEB_CONCURRENCY", default_workers(_usable_cores()))
-# sync and gthread measured within noise of each other for this workload (docs/scaling.md);
-# gthread keeps a slow or idle keep-alive client from holding a whole worker when no buffering
-# proxy sits in front (make run-prod).
-worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")
+# gthread measured as fast as sync or faster for most requests (docs/scaling.md), and it keeps
+# a slow or idle keep-alive client from holding a whole worker when no buffering proxy sits in
+# front (make run-prod).
+# "gthread" means gthread with per-request deadlines (oidc_server/gunicorn_worker.py): the stock
+# one lets a client that trickles its headers hold a thread for ever (slowloris).
+_WORKER_CLASSES = {"gthread": "oidc_server.gunicorn_worker.ThreadWorker"}
+_worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")
+worker_class = _WORKER_CLASSES.get(_worker_class, _worker_class)
 threads = _int_env("GUNICORN_THREADS", 4)
 preload_app = False
 timeout = _int_env("GUNICORN_TIMEOUT", 30)
+# Oversized request heads are refused with 431 before the app sees them (gunicorn's defaults,
+# spelled out because deploy/nginx.conf and docs/security.md rely on them).
+limit_request_line = 4094
+limit_request_fields = 100
+limit_request_field_size = 8190
 graceful_timeout = 30
 keepalive = 5
 # gunicornc's control socket is not used here, and would be made under a home folder that the

@@ -1,7 +1,7 @@
 """Compare gunicorn worker classes on this machine with ApacheBench (``ab``), loopback only.
 
-Starts ``gunicorn -c gunicorn.conf.py`` once per worker class against an already migrated
-database and a Redis (``DATABASE_URL``, ``REDIS_URL``; rate limits off, as benchmarks do),
+Migrates the database, then starts ``gunicorn -c gunicorn.conf.py`` once per worker class
+against it and a Redis (``DATABASE_URL``, ``REDIS_URL``; rate limits off, as benchmarks do),
 drives four requests that span the workload (a JWKS read, a ``client_credentials`` token, a
 userinfo call, and a password login paying for argon2id) and prints requests per second and
 latency percentiles for each. Every run is bounded by ``-n`` requests and ab's own timeout.
@@ -76,15 +76,18 @@ def _ab(args: list[str]) -> dict[str, float]:
 
 
 def _cli(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
-    return subprocess.run(
+    done = subprocess.run(
         [str(BIN / "oidc-server"), *args],
         env=env,
         input=stdin,
         capture_output=True,
         text=True,
-        check=True,
+        check=False,
         timeout=120,
-    ).stdout
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"oidc-server {' '.join(args[:2])} failed:\n{done.stderr[-2000:]}")
+    return done.stdout
 
 
 def run_class(worker_class: str, env: dict[str, str], args: argparse.Namespace) -> dict:
@@ -162,7 +165,7 @@ def main() -> None:
     )  # fmt: skip
     args = parser.parse_args()
     if not os.environ.get("DATABASE_URL") or not os.environ.get("REDIS_URL"):
-        raise SystemExit("set DATABASE_URL (migrated) and REDIS_URL")
+        raise SystemExit("set DATABASE_URL and REDIS_URL")
     keys = tempfile.mkdtemp(prefix="oidc-bench-keys-")
     env = {
         **os.environ,
@@ -176,6 +179,7 @@ def main() -> None:
     if args.workers:  # gunicorn itself fails on an empty WEB_CONCURRENCY
         env["WEB_CONCURRENCY"] = args.workers
     env.setdefault("SECRET_KEY", "bench-" + uuid.uuid4().hex + uuid.uuid4().hex)
+    _cli(env, "db", "upgrade")
     # Rounds alternate the classes so that a noisy neighbour hurts both alike; medians are kept.
     runs: dict[str, list[dict[str, dict[str, float]]]] = {c: [] for c in args.classes}
     try:

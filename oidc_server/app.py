@@ -5,14 +5,14 @@ from __future__ import annotations
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import api, context, observability, social
+from . import api, context, cors, observability, security_headers, social
 from .config import Settings
 from .logs import configure_logging
 from .oauth import server as oauth_server
 from .ratelimit import init_app as init_rate_limits
 from .services import Services
 from .tokens.store import TokenStore
-from .web import errors, health, oauth, wellknown
+from .web import errors, health, oauth, pages, wellknown
 
 
 def create_app(settings: Settings | None = None, store: TokenStore | None = None) -> Flask:
@@ -35,11 +35,14 @@ def create_app(settings: Settings | None = None, store: TokenStore | None = None
 
     context.init_app(app)
     errors.init_app(app)
+    security_headers.init_app(app)  # issue 7: on every response, errors and 429s too
+    cors.init_app(app)
     oauth_server.init_app(app)
     app.register_blueprint(wellknown.bp)
     app.register_blueprint(oauth.bp)
     app.register_blueprint(health.bp)
     api.init_app(app)
     social.init_app(app)
+    pages.init_app(app)  # the browser-facing OP (issue 9); after social, whose flows it uses
     init_rate_limits(app)  # last: it wraps views and exempts blueprints already registered
     return app

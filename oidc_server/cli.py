@@ -103,13 +103,27 @@ def clients() -> None:
 @click.option(
     "--scope", default="", help=f"Space-separated scopes among: {' '.join(SCOPES_SUPPORTED)}."
 )
-@click.option("--public", is_flag=True, help="Public client: no secret.")
+@click.option(
+    "--redirect-uri",
+    "redirect_uris",
+    multiple=True,
+    help="Exact redirect URI for authorization_code; repeat for several.",
+)
+@click.option(
+    "--post-logout-redirect-uri",
+    "post_logout_redirect_uris",
+    multiple=True,
+    help="Where /logout may send the browser back to; repeat for several.",
+)
+@click.option("--public", is_flag=True, help="Public client: no secret (PKCE only).")
 @click.option("--first-party", is_flag=True, help="One of the cinema's own apps.")
 @click.option("--json", "as_json", is_flag=True, help="Print the credentials as JSON.")
 def clients_create(
     name: str,
     grant_types: tuple[str, ...],
     scope: str,
+    redirect_uris: tuple[str, ...],
+    post_logout_redirect_uris: tuple[str, ...],
     public: bool,
     first_party: bool,
     as_json: bool,
@@ -127,6 +141,8 @@ def clients_create(
                 scopes=scope.split(),
                 confidential=not public,
                 first_party=first_party,
+                redirect_uris=list(redirect_uris),
+                post_logout_redirect_uris=list(post_logout_redirect_uris),
             )
     except ClientError as exc:
         raise click.ClickException(str(exc)) from None
@@ -287,3 +303,114 @@ def audit_list(since: str | None, limit: int, as_json: bool) -> None:
             f"{entry['created_at']}  {entry['actor']}  {entry['action']}  "
             f"{entry['target'] or '-'}  {details}"
         )
+
+
+# Data lifecycle (issue 7) -----------------------------------------------------------------
+
+
+@main.group("history")
+def history_group() -> None:
+    """Login history."""
+
+
+@history_group.command("purge")
+@click.option(
+    "--older-than",
+    "older_than",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="DAYS",
+    help="Delete entries older than DAYS (default: LOGIN_HISTORY_RETENTION_DAYS, 365).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 100_000),
+    default=1000,
+    show_default=True,
+    help="Entries deleted per transaction.",
+)
+def history_purge(older_than: int | None, batch_size: int) -> None:
+    """Delete old login history, a batch per short transaction: safe on a live database.
+
+    Prints {"deleted", "cutoff", "older_than_days"}. Run it daily (cron, a Kubernetes CronJob);
+    an interrupted run is simply run again.
+    """
+    from . import lifecycle
+
+    settings = _settings()
+    days = older_than if older_than is not None else settings.login_history_retention_days
+    if days < 1:
+        raise click.ClickException("LOGIN_HISTORY_RETENTION_DAYS must be at least 1")
+    database = Database(settings.resolved_database_url)
+    try:
+        purge = lifecycle.purge_login_history(database.sessions, days, batch_size=batch_size)
+    finally:
+        database.dispose()
+    click.echo(
+        json.dumps(
+            {"deleted": purge.deleted, "cutoff": purge.cutoff.isoformat(), "older_than_days": days}
+        )
+    )
+
+
+@users.command("delete")
+@click.argument("email")
+@click.option("--yes", is_flag=True, help="Erase without asking for confirmation.")
+def users_delete(email: str, yes: bool) -> None:
+    """Erase the user with login EMAIL and all their data (right to erasure).
+
+    Their sessions end, their roles, linked Google/Yandex accounts and login history are
+    deleted, and the audit trail keeps only "user.erased" with a pseudonym. Prints
+    {"id", "pseudonym", "sessions_ended"}. With REDIS_URL the servers' sessions end at once;
+    without it (the embedded mode) this command cannot reach a running server's in-process
+    sessions, whose access tokens then stay valid for verifiers that check them offline until
+    they expire (ACCESS_TOKEN_TTL); this server refuses them at once.
+    """
+    from . import lifecycle
+    from .tokens.memory_store import MemoryTokenStore
+
+    if not yes:
+        click.confirm(f"Erase {email} and all their data? This cannot be undone", abort=True)
+    settings = _settings()
+    store = (
+        RedisTokenStore.from_url(settings.redis_url) if settings.redis_url else MemoryTokenStore()
+    )
+    database = Database(settings.resolved_database_url)
+    try:
+        with database.sessions() as session:
+            user = accounts.find_user_by_login(session, email)
+            if user is None:
+                raise click.ClickException(f"no user with the login {email!r}")
+            user_id = user.id
+            erasure = lifecycle.erase_user(
+                session,
+                store,
+                _role_cache(settings),
+                user_id,
+                actor=audit.CLI_ACTOR,
+                initiated_by="operator",
+                secret_key=settings.secret_key,
+            )
+    except lifecycle.UserNotFound:
+        raise click.ClickException(f"no user with the login {email!r}") from None
+    except StoreUnavailable:
+        raise click.ClickException(
+            "Redis (REDIS_URL) is unreachable, so the user's sessions cannot be ended; "
+            "nothing was changed"
+        ) from None
+    finally:
+        database.dispose()
+    if not settings.redis_url:
+        click.echo(
+            "note: no REDIS_URL, so a running server's in-process sessions were not reached",
+            err=True,
+        )
+    click.echo(
+        json.dumps(
+            {
+                "id": str(user_id),
+                "pseudonym": erasure.pseudonym,
+                "sessions_ended": erasure.sessions_ended,
+            }
+        )
+    )

@@ -104,6 +104,14 @@ class Settings:
     # down between a commit and its invalidation). 0 turns the cache off: every check asks
     # the database.
     roles_cache_ttl: int = 300
+    # Hardening (issue 7; docs/security.md). CORS_ORIGINS: space-separated browser origins
+    # ("https://app.cinema.example") allowed to call this server from scripts; empty means
+    # none, and "*" is refused (oidc_server/cors.py). LOGIN_HISTORY_RETENTION_DAYS: what
+    # `oidc-server history purge` keeps by default. HSTS_MAX_AGE: seconds of the
+    # Strict-Transport-Security header sent over TLS or when OIDC_ISSUER is https; 0: none.
+    cors_origins: str = ""
+    login_history_retention_days: int = 365
+    hsts_max_age: int = 31_536_000
 
     @property
     def is_production(self) -> bool:

@@ -101,8 +101,25 @@ class OAuthClient(Base):
     grant_types: Mapped[list[str]] = mapped_column(JSON, default=list)
     scopes: Mapped[list[str]] = mapped_column(JSON, default=list)
     redirect_uris: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # OIDC RP-Initiated Logout 1.0: where end_session may send the browser back to.
+    post_logout_redirect_uris: Mapped[list[str]] = mapped_column(JSON, default=list)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[timestamp]
+
+
+class Consent(Base):
+    """Scopes a user allowed a third-party client, so the consent page is not shown again."""
+
+    __tablename__ = "consents"
+    __table_args__ = (UniqueConstraint("user_id", "client_id"),)
+
+    id: Mapped[uuid_pk]
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    client_id: Mapped[str] = mapped_column(
+        ForeignKey("oauth_clients.client_id", ondelete="CASCADE"), index=True
+    )
+    scopes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    granted_at: Mapped[timestamp] = mapped_column(onupdate=utcnow)
 
 
 class SocialAccount(Base):

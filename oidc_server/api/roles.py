@@ -256,5 +256,10 @@ def check_user_role(user_id: uuid.UUID, role_id: uuid.UUID) -> Any:
     # No body and Content-Length: 0 (there is no GET to mirror), so that clients which read a
     # response by its length, HEAD or not, never wait for bytes that are not coming.
     response = current_app.response_class(status=200 if held else 404)
-    del response.headers["Content-Type"]
+    if held:
+        del response.headers["Content-Type"]
+    else:
+        # The 404 is documented as the JSON error (as 401 and 403 are): a HEAD answer carries
+        # the media type of what it omits (RFC 9110 §9.3.2).
+        response.headers["Content-Type"] = "application/json"
     return response

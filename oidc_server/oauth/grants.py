@@ -22,8 +22,14 @@ from .. import accounts
 from ..context import client_ip, db_session, services, user_agent
 from ..history import record_login
 from ..models import User
+from ..passwords_policy import MAX_LENGTH as PASSWORD_MAX_LENGTH
 from ..ratelimit import login_backoff
-from ..tokens.service import LoginContext, RefreshTokenInvalid, RefreshTokenReused
+from ..tokens.service import (
+    LoginContext,
+    RefreshTokenInvalid,
+    RefreshTokenReused,
+    new_session_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +79,9 @@ class PasswordGrant(grants.ResourceOwnerPasswordCredentialsGrant):
         username, password = form.get("username"), form.get("password")
         if not username or password is None:
             raise InvalidRequestError("Missing 'username' or 'password' in request.")
+        if len(password) > PASSWORD_MAX_LENGTH:
+            # Bounded before any hashing, as /api/v1/auth/login's schema bounds it.
+            raise InvalidRequestError("'password' is too long.")
         self.request.client = client
         self.request.granted_scope = _check_scope(client, self.request.payload.scope)
         self.request.user = self.authenticate_user(username, password)
@@ -110,32 +119,45 @@ class PasswordGrant(grants.ResourceOwnerPasswordCredentialsGrant):
     def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
         session = db_session()
         user: User = self.request.user
-        token, login = services().tokens.start_session(
-            LoginContext(
-                user_id=str(user.id),
-                client_id=self.request.client.client_id,
-                scope=self.request.granted_scope,
-                roles=accounts.role_names(session, user.id),
-                auth_method=self.LOGIN_METHOD,
-                user_agent=user_agent(),
-                ip=client_ip(),
-            )
+        login = LoginContext(
+            user_id=str(user.id),
+            client_id=self.request.client.client_id,
+            scope=self.request.granted_scope,
+            roles=accounts.role_names(session, user.id),
+            auth_method=self.LOGIN_METHOD,
+            user_agent=user_agent(),
+            ip=client_ip(),
         )
-        record_login(
+        # The history row commits before the session starts: a worker killed in between leaves
+        # a row for a sign-in whose tokens were never handed out, never a live session that
+        # the history does not show (tests/faults/test_crash_safety.py).
+        sid = new_session_id()
+        entry = record_login(
             session,
             user_id=user.id,
             method=self.LOGIN_METHOD,
             success=True,
-            user_agent=user_agent(),
-            ip=client_ip(),
-            session_id=login.sid,
+            user_agent=login.user_agent,
+            ip=login.ip,
+            session_id=sid,
         )
+        session.commit()  # also keeps a password rehash done while authenticating
         try:
-            session.commit()  # also keeps a password rehash done while authenticating
+            token, _ = services().tokens.start_session(login, sid=sid)
         except Exception:
-            services().tokens.end_session(login.sid)  # no session without its history row
+            _withdraw(session, entry)  # the store is down: this sign-in did not happen
             raise
         return 200, token, self.TOKEN_RESPONSE_HEADER
+
+
+def _withdraw(session: Any, entry: Any) -> None:
+    """Delete a committed history row whose session could not start; a failure only logs."""
+    try:
+        session.delete(entry)
+        session.commit()
+    except Exception:
+        session.rollback()
+        log.warning("could not withdraw the history row of a sign-in that failed")
 
 
 class RefreshTokenGrant(grants.RefreshTokenGrant):

@@ -12,6 +12,7 @@ from flask import Flask, current_app
 from ..clients import CLIENTS_GENERATION, SCOPES_SUPPORTED, RegisteredClient, find_client
 from ..context import db_session, services
 from .authorization_code import AuthorizationCodeGrant, OpenIDCode, S256CodeChallenge
+from .device import DeviceCodeGrant, DeviceFlow
 from .endpoints import IntrospectionEndpoint, RevocationEndpoint
 from .grants import ClientCredentialsGrant, PasswordGrant, RefreshTokenGrant
 from .id_tokens import IdTokenIssuer
@@ -60,7 +61,9 @@ def init_app(app: Flask) -> None:
     server.register_grant(ClientCredentialsGrant)
     # Issue 9, the browser-facing OpenID Provider: code flow with PKCE and ID tokens.
     server.register_grant(AuthorizationCodeGrant, [S256CodeChallenge(), OpenIDCode()])
+    server.register_grant(DeviceCodeGrant)
     svc = app.extensions["oidc"]
+    app.extensions["device_flow"] = DeviceFlow(svc.store)
     app.extensions["id_tokens"] = IdTokenIssuer(
         svc.keyring, svc.settings.oidc_issuer, svc.settings.access_token_ttl
     )

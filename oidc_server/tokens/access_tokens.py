@@ -24,7 +24,7 @@ def _unverified_header(token: str) -> dict[str, Any] | None:
     try:
         segment = token.split(".", 1)[0]
         header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting: anyone can send it
         return None
     return header if isinstance(header, dict) else None
 
@@ -94,7 +94,7 @@ class AccessTokenCodec:
             return None
         try:
             claims = jwt.decode(token, key.key, algorithms=["RS256"]).claims
-        except (JoseError, ValueError, TypeError):
+        except (JoseError, ValueError, TypeError, RecursionError):
             return None
         return claims if self._claims_valid(claims) else None
 
@@ -104,12 +104,16 @@ class AccessTokenCodec:
         return (
             claims.get("iss") == self.issuer
             and claims.get("aud") == self.audience
+            # RFC 7519 NumericDate: JSON true/false are not numbers, though Python's bool is int.
             and isinstance(exp, int)
+            and not isinstance(exp, bool)
             and isinstance(iat, int)
+            and not isinstance(iat, bool)
             and exp > now
             and iat - LEEWAY <= now
             and isinstance(claims.get("jti"), str)
             and isinstance(claims.get("sub"), str)
             and isinstance(claims.get("client_id"), str)
+            and isinstance(claims.get("scope"), str)  # RFC 9068 §2.2.3; callers split it
             and isinstance(claims.get("sid", ""), str)
         )

@@ -147,7 +147,11 @@ class RedisTokenStore(TokenStore):
         pipe.hset(session_key, mapping=session.to_fields())
         pipe.expire(session_key, ttl)
         pipe.zadd(index_key, {session.sid: session.created_at})
-        pipe.expire(index_key, ttl)
+        # Only ever lengthen the index's life: a login with a shorter TTL (REFRESH_TOKEN_TTL
+        # lowered) must not let it lapse before the user's older sessions, or "log out
+        # everywhere" would miss them. NX sets it on a new index; GT only raises it.
+        pipe.expire(index_key, ttl, nx=True)
+        pipe.expire(index_key, ttl, gt=True)
         pipe.execute()
 
     @_fail_closed

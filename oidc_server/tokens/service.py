@@ -7,6 +7,7 @@ slot) without a lookup.
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -43,8 +44,14 @@ class LoginContext:
     ip: str = ""
 
 
+def new_session_id() -> str:
+    """A fresh session id (the ``sid`` of a login's tokens)."""
+    return secrets.token_urlsafe(16)
+
+
 def split_refresh_token(token: str) -> tuple[str, str] | None:
-    if not isinstance(token, str) or len(token) > 256:
+    # Ours are ASCII; anything else (a lone surrogate cannot even be hashed) is not one.
+    if not isinstance(token, str) or len(token) > 256 or not token.isascii():
         return None
     sid, dot, _secret = token.partition(".")
     if not dot or not sid or not _secret:
@@ -66,10 +73,15 @@ class TokenService:
         self._clock = clock
 
     # Issuing ------------------------------------------------------------------------------
-    def start_session(self, login: LoginContext) -> tuple[dict[str, Any], SessionRecord]:
-        """Start a login session; returns its token response (RFC 6749 §5.1) and the session."""
+    def start_session(
+        self, login: LoginContext, sid: str | None = None
+    ) -> tuple[dict[str, Any], SessionRecord]:
+        """Start a login session; returns its token response (RFC 6749 §5.1) and the session.
+
+        ``sid`` (from ``new_session_id``) lets a caller record the session before starting it.
+        """
         now = int(self._clock())
-        sid = secrets.token_urlsafe(16)
+        sid = sid or new_session_id()
         session = SessionRecord(
             sid=sid,
             user_id=login.user_id,
@@ -168,7 +180,9 @@ class TokenService:
         return claims
 
     def revoke_access_token(self, claims: dict[str, Any]) -> None:
-        remaining = int(claims["exp"] - self._clock()) + 1
+        # The codec accepts a token while now < exp, so the denial must last until exp: the
+        # fewest whole seconds that cover it, and no longer (Redis TTLs are whole seconds).
+        remaining = math.ceil(claims["exp"] - self._clock())
         self.store.deny_access_token(claims["jti"], remaining)
 
     def end_session(self, sid: str) -> None:

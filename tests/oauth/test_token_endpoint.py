@@ -95,7 +95,7 @@ def test_grant_not_allowed_for_the_client_is_unauthorized_client(
     token_error(response, 400, "unauthorized_client")
 
 
-@pytest.mark.parametrize("grant_type", ["authorization_code", "implicit", "urn:x", ""])
+@pytest.mark.parametrize("grant_type", ["implicit", "urn:x", "PASSWORD", ""])
 def test_unsupported_grant_type(
     client: FlaskClient, machine: MachineClient, grant_type: str
 ) -> None:

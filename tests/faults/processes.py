@@ -1,0 +1,300 @@
+"""Private PostgreSQL, Redis and gunicorn processes that the fault tests stop, freeze and kill.
+
+Nothing here touches the shared services (PostgreSQL on 5432, Redis on 6379): every instance
+listens on a free loopback port and keeps its files in a folder of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+#: A poll for a process or a state gives up after this long; none of them is a speed check.
+DEADLINE = 60.0
+#: The client-side limit of one HTTP request to a server under test.
+REQUEST_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(check: Callable[[], Any], what: str, deadline: float = DEADLINE) -> Any:
+    """Poll ``check`` until it answers something true, and return that; fail after ``deadline``."""
+    give_up = time.monotonic() + deadline
+    while True:
+        found = check()
+        if found:
+            return found
+        assert time.monotonic() < give_up, f"gave up waiting: {what}"
+        time.sleep(0.02)
+
+
+def _tail(path: Path, size: int = 4000) -> str:
+    try:
+        return path.read_text(errors="replace")[-size:]
+    except OSError:
+        return ""
+
+
+# PostgreSQL ---------------------------------------------------------------------------------
+
+
+def postgres_bindir() -> Path:
+    """Where ``initdb`` and ``pg_ctl`` live: ``PG_BINDIR``, the newest packaged one, or PATH."""
+    if os.environ.get("PG_BINDIR"):
+        return Path(os.environ["PG_BINDIR"])
+    packaged = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
+    )
+    if packaged:
+        return packaged[-1].parent
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).parent
+    raise RuntimeError("PostgreSQL server binaries (initdb, pg_ctl) not found; set PG_BINDIR")
+
+
+class PostgresInstance:
+    """A throwaway PostgreSQL cluster: trust auth, loopback only, no fsync (tests only).
+
+    ``initdb`` refuses to run as root, so as root every server command runs as the
+    ``postgres`` OS user, in a folder that user owns.
+    """
+
+    def __init__(self, folder: Path, port: int | None = None) -> None:
+        self.folder = folder
+        self.data = folder / "data"
+        self.log = folder / "postgres.log"
+        self.port = port or free_port()
+        self.bindir = postgres_bindir()
+        self._as_postgres = os.geteuid() == 0
+
+    def _run(self, *args: str) -> None:
+        prefix = ["runuser", "-u", "postgres", "--"] if self._as_postgres else []
+        done = subprocess.run(
+            [*prefix, *args], capture_output=True, text=True, timeout=120, check=False
+        )
+        assert done.returncode == 0, f"{args[0]} failed: {done.stderr}\n{_tail(self.log)}"
+
+    def init(self) -> None:
+        if self._as_postgres:
+            shutil.chown(self.folder, "postgres", "postgres")
+        self._run(
+            str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres",
+            "--auth=trust", "--encoding=UTF8", "--no-sync",
+        )  # fmt: skip
+
+    def start(self) -> None:
+        options = (
+            f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 "
+            # Only the OS must not crash for these to be safe: an immediate stop keeps every
+            # committed transaction (synchronous_commit stays on for that reason).
+            "-c fsync=off -c full_page_writes=off"
+        )
+        self._run(
+            str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log),
+            "-o", options, "-w", "-t", "60", "start",
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        """Stop at once, as a crash would: every connection is cut."""
+        pg_ctl = str(self.bindir / "pg_ctl")
+        self._run(pg_ctl, "-D", str(self.data), "-m", "immediate", "-w", "stop")
+
+    def is_running(self) -> bool:
+        return (self.data / "postmaster.pid").exists()
+
+    def url(self, database: str) -> str:
+        """The SQLAlchemy URL of ``database``."""
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def dsn(self, database: str) -> str:
+        """The libpq connection string of ``database`` (for psycopg directly)."""
+        return f"host=127.0.0.1 port={self.port} user=postgres dbname={database}"
+
+    def create_database(self, name: str) -> None:
+        import psycopg
+
+        with psycopg.connect(self.dsn("postgres"), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+    def destroy(self) -> None:
+        if self.is_running():
+            self.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+# Redis --------------------------------------------------------------------------------------
+
+
+class RedisInstance:
+    """A private redis-server. With AOF fsynced on every write it keeps its data over a crash,
+    as production's Redis with AOF does, so a stop-and-start is an outage, not a data loss."""
+
+    def __init__(self, folder: Path, port: int | None = None) -> None:
+        self.folder = folder
+        self.port = port or free_port()
+        self.log = folder / "redis.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=10, socket_connect_timeout=10)
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+             "--dir", str(self.folder), "--save", "", "--appendonly", "yes",
+             "--appendfsync", "always", "--daemonize", "no", "--logfile", str(self.log)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = self.client()
+
+        def answers() -> bool:
+            assert self.process is not None
+            assert self.process.poll() is None, f"redis-server exited: {_tail(self.log)}"
+            try:
+                return bool(client.ping())
+            except redis.ConnectionError:
+                return False
+            except redis.BusyLoadingError:
+                return False
+
+        wait_for(answers, f"redis-server on port {self.port}")
+        client.close()
+
+    def stop(self) -> None:
+        """Kill the server (a crash); its port refuses connections until ``start``."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+        self.process = None
+
+    def freeze(self) -> None:
+        """SIGSTOP: the port still accepts connections, but nothing answers (a hung server)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+
+# The server under test ----------------------------------------------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    """Live (not zombie) child processes of ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] != "Z" and int(fields[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+class Server:
+    """The app under gunicorn, started by the repository's ``gunicorn.conf.py`` as in production."""
+
+    def __init__(self, env: dict[str, str], folder: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = folder / f"gunicorn-{self.port}.log"
+        self.env = {
+            **env,
+            "PORT": str(self.port),
+            "PROMETHEUS_MULTIPROC_DIR": str(folder / f"metrics-{self.port}"),
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "wb") as sink:
+            self.process = subprocess.Popen(
+                [str(BIN / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py")],
+                cwd=ROOT,
+                env=self.env,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+            )
+        self.wait_ready()
+
+    def logs(self) -> str:
+        return _tail(self.log)
+
+    def request(
+        self, method: str, path: str, timeout: float = REQUEST_TIMEOUT, **kwargs: Any
+    ) -> requests.Response:
+        return requests.request(method, self.url + path, timeout=timeout, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("POST", path, **kwargs)
+
+    def head(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("HEAD", path, **kwargs)
+
+    def workers(self) -> list[int]:
+        assert self.process is not None
+        return _children(self.process.pid)
+
+    def worker(self) -> int:
+        """The pid of the one worker (these servers run ``WEB_CONCURRENCY=1``)."""
+        workers = wait_for(self.workers, "a gunicorn worker")
+        assert len(workers) == 1, f"expected one worker, found {workers}"
+        return workers[0]
+
+    def answers(self, path: str = "/health/ready") -> bool:
+        assert self.process is not None
+        assert self.process.poll() is None, f"gunicorn exited:\n{self.logs()}"
+        try:
+            return self.get(path, timeout=5).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def wait_ready(self) -> None:
+        wait_for(self.answers, f"{self.url} ready")
+
+    def kill_worker(self) -> int:
+        """SIGKILL the worker (gunicorn's master starts a replacement); returns the victim."""
+        victim = self.worker()
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: victim not in self.workers(), f"worker {victim} gone")
+        return victim
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
