@@ -136,6 +136,12 @@ class KeyRing:
         for key in self.published():
             if key.kid == kid:
                 return key
+        # Another worker may have rotated within the last reload interval; one stat of the
+        # folder tells (a made-up kid costs no more than that).
+        self._reload()
+        for key in self.published():
+            if key.kid == kid:
+                return key
         return None
 
     def jwks(self) -> dict[str, Any]:

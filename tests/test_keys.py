@@ -74,3 +74,12 @@ def test_another_worker_sees_a_rotation_without_restart(tmp_path: Path, monkeypa
     assert worker_a.current.kid == worker_b.current.kid
     rotated = KeyRing(tmp_path, max_token_lifetime=900).rotate()  # the CLI, another process
     assert worker_a.current.kid == worker_b.current.kid == rotated.kid
+
+
+def test_a_kid_signed_by_another_worker_is_found_before_the_next_reload(tmp_path: Path) -> None:
+    verifier = KeyRing(tmp_path, max_token_lifetime=900)
+    verifier.ensure_key()
+    assert verifier.current  # loaded; the next periodic reload is up to a second away
+    rotated = KeyRing(tmp_path, max_token_lifetime=900).rotate()
+    assert verifier.find(rotated.kid) is not None
+    assert verifier.find("made-up") is None

@@ -28,7 +28,7 @@ from authlib.oidc.core import grants as oidc_grants
 from flask import current_app
 from werkzeug.datastructures import MultiDict
 
-from .. import accounts
+from .. import accounts, observability
 from ..context import db_session, services
 from ..models import User
 from ..security import hash_token
@@ -215,6 +215,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         )
         if token is None:
             raise InvalidGrantError("The sign-in this code came from has ended.")
+        observability.tokens_issued(self.GRANT_TYPE)
         return 200, token, self.TOKEN_RESPONSE_HEADER
 
 

@@ -37,7 +37,7 @@ from authlib.oauth2.rfc8628.errors import (
     SlowDownError,
 )
 
-from .. import accounts
+from .. import accounts, observability
 from ..context import client_ip, db_session, services, user_agent
 from ..history import record_login
 from ..security import hash_token
@@ -255,6 +255,7 @@ class DeviceCodeGrant(_DeviceCodeGrant):
         except Exception:
             services().tokens.end_session(record.sid)
             raise
+        observability.tokens_issued(self.GRANT_TYPE)
         return 200, token, self.TOKEN_RESPONSE_HEADER
 
 

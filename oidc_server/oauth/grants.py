@@ -18,7 +18,7 @@ from authlib.oauth2.rfc6749.errors import (
 )
 from werkzeug.exceptions import TooManyRequests
 
-from .. import accounts
+from .. import accounts, observability
 from ..context import client_ip, db_session, services, user_agent
 from ..history import record_login
 from ..models import User
@@ -94,6 +94,7 @@ class PasswordGrant(grants.ResourceOwnerPasswordCredentialsGrant):
             # Checked before the password, and for unknown logins alike (no enumeration).
             wait = backoff.wait_before_attempt(username)
             if wait:
+                observability.rate_limited()
                 raise LoginThrottled(wait)
         user = accounts.authenticate(session, svc.hasher, username, password)
         if user is None:
@@ -111,6 +112,7 @@ class PasswordGrant(grants.ResourceOwnerPasswordCredentialsGrant):
                 )
                 session.commit()
             # One answer for an unknown login, a wrong password and a disabled account.
+            observability.login_failed()
             raise InvalidGrantError("Invalid username or password.")
         if backoff is not None:
             backoff.record_success(username)
@@ -147,6 +149,7 @@ class PasswordGrant(grants.ResourceOwnerPasswordCredentialsGrant):
         except Exception:
             _withdraw(session, entry)  # the store is down: this sign-in did not happen
             raise
+        observability.tokens_issued(self.GRANT_TYPE)
         return 200, token, self.TOKEN_RESPONSE_HEADER
 
 
@@ -187,6 +190,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
                 presented, self.request.payload.scope, accounts.role_names(session, user.id)
             )
         except RefreshTokenReused as reused:
+            observability.refresh_reuse_detected()
             log.warning(
                 "refresh token reuse detected; session ended",
                 extra={"sid": reused.record.sid, "user_id": reused.record.user_id},
@@ -194,6 +198,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
             raise InvalidGrantError("The refresh token is not valid.") from None
         except RefreshTokenInvalid:
             raise InvalidGrantError("The refresh token is not valid.") from None
+        observability.tokens_issued(self.GRANT_TYPE)
         return 200, token, self.TOKEN_RESPONSE_HEADER
 
 
@@ -229,4 +234,5 @@ class ClientCredentialsGrant(grants.ClientCredentialsGrant):
     def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
         client = self.request.client
         token = services().tokens.issue_client_token(client.client_id, self.request.granted_scope)
+        observability.tokens_issued(self.GRANT_TYPE)
         return 200, token, self.TOKEN_RESPONSE_HEADER

@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .. import accounts
+from .. import accounts, observability
 from ..history import record_login
 from ..models import SocialAccount, User
 from ..tokens.service import LoginContext, TokenService
@@ -158,6 +158,7 @@ def sign_in(
         "social sign-in",
         extra={"provider": provider, "user_id": str(user.id), "new_user": created},
     )
+    observability.tokens_issued(provider)
     return SignInResult(token=token, user_id=user.id, created=created)
 
 

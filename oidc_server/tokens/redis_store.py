@@ -14,6 +14,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import redis
 
+from . import redis_connect
 from .store import (
     RefreshRecord,
     RotateOutcome,
@@ -109,7 +110,7 @@ class RedisTokenStore(TokenStore):
 
     @classmethod
     def from_url(cls, url: str) -> RedisTokenStore:
-        client = redis.Redis.from_url(
+        client = redis_connect.connect(
             url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30
         )
         return cls(client)
