@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run run-prod test lint format migrate keys-rotate client soak clean
+.PHONY: help install run run-prod test lint format migrate keys-rotate client bench soak clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ keys-rotate: $(STAMP) ## Make a new current signing key
 client: $(STAMP) ## Create a machine client for the roles API: make client NAME=billing
 	$(BIN)/oidc-server clients create --name "$(or $(NAME),machine-client)" \
 		--grant-type client_credentials --scope "roles:read roles:write" --json
+
+bench: $(STAMP) ## Production-mode benchmark of every scenario (bench-results/bench.json); GROWTH=1 for 1M users
+	$(BIN)/python scripts/bench.py $(if $(GROWTH),--growth) $(if $(SECONDS_PER_RUN),--seconds $(SECONDS_PER_RUN))
 
 soak: $(STAMP) ## 180 s mixed traffic in production mode: RSS, 5xx, Redis keys (bench-results/soak.json)
 	$(BIN)/python scripts/soak.py $(SOAK_ARGS)

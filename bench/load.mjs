@@ -1,9 +1,11 @@
-// Bounded loopback load, one scenario: node load.mjs SPEC_JSON
+// Bounded loopback load, one scenario: node load.mjs SPEC_FILE (a JSON file)
 // SPEC: {url, method, seconds, connections, headers?, body?, bodies?: [..]}; with `bodies`, each
 // request takes the next one and the run stops when they are used up (single-use tokens).
 import autocannon from 'autocannon';
 
-const spec = JSON.parse(process.argv[2]);
+import fs from 'node:fs';
+
+const spec = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
 const options = {
   url: spec.url,
   method: spec.method,

@@ -20,7 +20,7 @@ from sqlalchemy import (
     UniqueConstraint,
     Uuid,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 def utcnow() -> datetime:
@@ -55,10 +55,6 @@ class User(Base):
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[timestamp]
     updated_at: Mapped[timestamp] = mapped_column(onupdate=utcnow)
-
-    roles: Mapped[list[Role]] = relationship(
-        secondary="user_roles", lazy="selectin", order_by="Role.name", viewonly=True
-    )
 
     @property
     def has_password(self) -> bool:

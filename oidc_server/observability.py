@@ -44,7 +44,7 @@ UNMATCHED_ROUTE = "<unmatched>"
 _QUIET_ROUTES = frozenset({"/health/live", "/health/ready", "/metrics"})
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 #: Label values given by callers; anything else is counted as "other" to bound cardinality.
-_SANE_LABEL = re.compile(r"[a-z0-9_:+.-]{1,40}")
+_SANE_LABEL = re.compile(r"[a-z0-9_:+.-]{1,64}")  # fits urn:ietf:params:oauth:grant-type:*
 
 _request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 access_log = logging.getLogger("oidc_server.access")

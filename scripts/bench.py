@@ -69,13 +69,15 @@ def ensure_autocannon() -> None:
 
 
 def load(spec: dict[str, Any]) -> dict[str, Any]:
-    out = subprocess.run(
-        ["node", "load.mjs", json.dumps(spec)],
-        cwd=BENCH_DIR,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+    """Run one autocannon load; the spec goes through a file (refresh bodies are many)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
+        json.dump(spec, fh)
+    try:
+        out = subprocess.run(
+            ["node", "load.mjs", fh.name], cwd=BENCH_DIR, check=True, capture_output=True, text=True
+        )
+    finally:
+        os.unlink(fh.name)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -146,9 +148,9 @@ class Server:
         )
         while True:
             try:
-                requests.get(f"{self.url}/.well-known/openid-configuration", timeout=1)
+                requests.get(f"{self.url}/.well-known/openid-configuration", timeout=5)
                 break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
                 if self.proc.poll() is not None or time.monotonic() - started > 60:
                     raise RuntimeError("gunicorn did not start; see bench-results/gunicorn.log")
                 time.sleep(0.02)

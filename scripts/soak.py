@@ -26,6 +26,7 @@ import json
 import os
 import random
 import secrets
+import shutil
 import signal
 import socket
 import statistics
@@ -649,6 +650,7 @@ def main() -> int:
         report = summarise(shared, sampler, config)
     finally:
         server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
     log_text = server.log.read_text(errors="replace")
     report["server_log_errors"] = sum(
         1

@@ -313,6 +313,9 @@ def test_event_counters(app: Flask) -> None:
     counts = {
         "issued": metric("oidc_tokens_issued_total", grant="client_credentials"),
         "other": metric("oidc_tokens_issued_total", grant="other"),
+        "device": metric(
+            "oidc_tokens_issued_total", grant="urn:ietf:params:oauth:grant-type:device_code"
+        ),
         "login": metric("oidc_login_failures_total", method="password"),
         "google": metric("oidc_login_failures_total", method="google"),
         "limited": metric("oidc_rate_limited_total", route="/api/v1/auth/login"),
@@ -320,6 +323,7 @@ def test_event_counters(app: Flask) -> None:
     }
     observability.tokens_issued("client_credentials")
     observability.tokens_issued("Not A Label!")  # kept bounded, never echoed as a label
+    observability.tokens_issued("urn:ietf:params:oauth:grant-type:device_code")
     observability.login_failed()
     observability.login_failed("google")
     observability.rate_limited("/api/v1/auth/login")
@@ -327,6 +331,8 @@ def test_event_counters(app: Flask) -> None:
     observability.refresh_reuse_detected()
     assert metric("oidc_tokens_issued_total", grant="client_credentials") == counts["issued"] + 1
     assert metric("oidc_tokens_issued_total", grant="other") == counts["other"] + 1
+    device = "urn:ietf:params:oauth:grant-type:device_code"
+    assert metric("oidc_tokens_issued_total", grant=device) == counts["device"] + 1
     assert metric("oidc_login_failures_total", method="password") == counts["login"] + 1
     assert metric("oidc_login_failures_total", method="google") == counts["google"] + 1
     assert metric("oidc_rate_limited_total", route="/api/v1/auth/login") == counts["limited"] + 1

@@ -30,6 +30,19 @@ blp = api_blueprint(
 )
 
 
+def _caller_with_roles() -> tuple[User, list[str]]:
+    """The active user the bearer token was issued to, with their current role names."""
+    found = accounts.user_with_roles(db_session(), current_token()["sub"])
+    if found is None or not found[0].is_active:
+        abort(
+            401,
+            "invalid_token",
+            "the access token's user no longer exists",
+            headers={"WWW-Authenticate": 'Bearer realm="oidc-server", error="invalid_token"'},
+        )
+    return found
+
+
 def _caller() -> User:
     """The active user the bearer token was issued to."""
     user = accounts.get_user(db_session(), current_token()["sub"])
@@ -50,11 +63,11 @@ def _caller() -> User:
 @error_responses(blp, 401, 403, 413, 429, 503)
 def me() -> dict[str, Any]:
     """The signed-in user's account."""
-    user = _caller()
+    user, roles = _caller_with_roles()
     return {
         "id": user.id,
         "login": user.login,
-        "roles": accounts.role_names(db_session(), user.id),
+        "roles": roles,
         "has_password": user.has_password,
         "created_at": as_utc(user.created_at),
     }

@@ -128,9 +128,9 @@ class IntrospectionEndpoint(_IntrospectionEndpoint):
         }
         if "sid" in claims:
             # Roles as they are now, not as they were when the token was issued.
-            user = accounts.get_user(db_session(), claims["sub"])
-            if user is None or not user.is_active:
+            found = accounts.user_with_roles(db_session(), claims["sub"])
+            if found is None or not found[0].is_active:
                 return {"active": False}
-            body["roles"] = accounts.role_names(db_session(), user.id)
+            user, body["roles"] = found
             body["username"] = user.login
         return body

@@ -175,20 +175,20 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
 
     def authenticate_refresh_token(self, refresh_token: str) -> Any:
         found = services().tokens.peek_refresh_token(refresh_token)
-        return None if found is None else _RefreshView(found[0].client_id, found[0].scope)
+        if found is None:
+            return None
+        record = found[0]
+        return _RefreshView(record.client_id, record.scope, record.user_id)
 
     def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
         tokens = services().tokens
-        session = db_session()
         presented = self.request.form["refresh_token"]
-        found = tokens.peek_refresh_token(presented)
-        user = accounts.get_user(session, found[0].user_id) if found else None
-        if user is None or not user.is_active:
+        # The token was looked up while validating; only the rotation below decides.
+        found = accounts.user_with_roles(db_session(), self.request.refresh_token.user_id)
+        if found is None or not found[0].is_active:
             raise InvalidGrantError("The refresh token is not valid.")
         try:
-            token, _ = tokens.refresh(
-                presented, self.request.payload.scope, accounts.role_names(session, user.id)
-            )
+            token, _ = tokens.refresh(presented, self.request.payload.scope, found[1])
         except RefreshTokenReused as reused:
             observability.refresh_reuse_detected()
             log.warning(
@@ -205,9 +205,10 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
 class _RefreshView:
     """What Authlib's refresh grant checks before ours rotates the token."""
 
-    def __init__(self, client_id: str, scope: str) -> None:
+    def __init__(self, client_id: str, scope: str, user_id: str) -> None:
         self.client_id = client_id
         self.scope = scope
+        self.user_id = user_id
 
     def check_client(self, client: Any) -> bool:
         return client.get_client_id() == self.client_id

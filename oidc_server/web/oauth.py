@@ -36,9 +36,10 @@ def userinfo() -> Response:
         return _challenge(challenge)
     if not claims.is_user_token:
         return _challenge(BearerChallenge(401, "invalid_token", "not a user's token"))
-    user = accounts.get_user(db_session(), claims["sub"])
-    if user is None or not user.is_active:
+    found = accounts.user_with_roles(db_session(), claims["sub"])
+    if found is None or not found[0].is_active:
         return _challenge(BearerChallenge(401, "invalid_token", "the user no longer exists"))
+    user, roles = found
     scopes = set(claims.get_scope().split())
     body: dict[str, object] = {"sub": str(user.id)}
     if "email" in scopes:
@@ -46,7 +47,7 @@ def userinfo() -> Response:
         body["email_verified"] = False
     if "profile" in scopes:
         body["preferred_username"] = user.login
-        body["roles"] = accounts.role_names(db_session(), user.id)
+        body["roles"] = roles
     response = jsonify(body)
     response.headers["Cache-Control"] = "no-store"
     return response

@@ -6,6 +6,7 @@ listens on a free loopback port and keeps its files in a folder of its own.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -291,10 +292,15 @@ class Server:
         return victim
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        if self.process is None or self.process.poll() is not None:
+            return
+        workers = self.workers()
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        for pid in workers:  # a master killed outright leaves its workers behind
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -213,9 +213,14 @@ def mutants(draw: st.DrawFn, token: str) -> str:
 def signed_oddities(draw: st.DrawFn, codec: AccessTokenCodec) -> str:
     """Tokens signed with our own key whose claims, or whole payload, are not what we issue."""
     _, claims = genuine(codec)
+    # Without its sid such a token would be a well-formed client token, which we did sign:
+    # the sid stays, of an odd type or naming a session that does not exist.
+    user_claims = claim_changes().map(
+        lambda c: c if c.get("sid") is not DELETE else {**c, "sid": DEAD_SESSION}
+    )
     payload = draw(
         st.one_of(
-            claim_changes().map(lambda c: json.dumps(changed(claims, c)).encode()),
+            user_claims.map(lambda c: json.dumps(changed(claims, c)).encode()),
             JSON_VALUES.map(lambda v: json.dumps(v).encode()),  # arrays, strings, numbers, null
             st.just(with_huge_exp(claims)),
             st.binary(max_size=64),  # not JSON, maybe not UTF-8
@@ -237,7 +242,7 @@ def random_tokens() -> st.SearchStrategy[str]:
 
 @st.composite
 def deeply_nested(draw: st.DrawFn, codec: AccessTokenCodec) -> str:
-    """A header anyone can send, or a payload only we could sign, nested past the recursion limit."""
+    """A header anyone can send, or a payload only we can sign, nested past the recursion limit."""
     nested = draw(DEEP_JSON)
     if draw(st.booleans()):
         return f"{b64(nested)}.e30.{b64(b'signature')}"
