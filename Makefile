@@ -29,6 +29,9 @@ run-prod: $(STAMP) ## Migrate, then serve under gunicorn (needs DATABASE_URL, RE
 	APP_ENV=$${APP_ENV:-production} exec $(BIN)/gunicorn -c gunicorn.conf.py
 
 test: $(STAMP) ## Run the whole test suite (PostgreSQL/Redis when TEST_DATABASE_URL/TEST_REDIS_URL are set)
+	@command -v chromium >/dev/null 2>&1 || [ -n "$$CHROMIUM_PATH" ] || { \
+		echo "installing Debian's chromium for the browser test"; \
+		apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 	$(BIN)/pytest
 
 lint: $(STAMP) ## ruff: lint and format check

@@ -8,7 +8,7 @@ from flask import Flask
 from flask_smorest import Api as _Api
 from werkzeug.exceptions import HTTPException
 
-from . import account_erase, auth, roles, social, users
+from . import account_erase, auth, consents, roles, social, users
 from .common import ApiError, ErrorSchema
 
 
@@ -53,6 +53,6 @@ def init_app(app: Flask) -> None:
     api.spec.components.security_scheme(
         "bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
     )
-    for module in (auth, users, account_erase, roles, social):
+    for module in (auth, users, consents, account_erase, roles, social):
         api.register_blueprint(module.blp)
     app.extensions["api"] = api

@@ -61,7 +61,7 @@ MACHINE_SETTINGS = settings(
     database=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-MACHINE_EXAMPLES = {"memory": 800, "redis": 120}
+MACHINE_EXAMPLES = {"memory": 100, "redis": 25}
 
 
 class Clock:
@@ -337,7 +337,7 @@ def test_the_store_keeps_its_promises_under_any_sequence_of_operations(
     )
 
 
-@settings(max_examples=100, deadline=None, database=None)
+@settings(max_examples=15, deadline=None, database=None)
 @given(workers=st.integers(2, 8), rotations_before=st.integers(0, 3), data=st.data())
 def test_of_concurrent_uses_of_one_refresh_token_at_most_one_rotates_it(
     new_backend: Callable[[], Backend], workers: int, rotations_before: int, data: st.DataObject
@@ -394,7 +394,7 @@ def keyring(signing_key_file: Path, tmp_path_factory: pytest.TempPathFactory) ->
     return KeyRing(folder, max_token_lifetime=900)
 
 
-@settings(max_examples=400, deadline=None, database=None)
+@settings(max_examples=40, deadline=None, database=None)
 @given(life=st.integers(1, 900), elapsed_quarters=st.integers(0, 4 * 900))
 def test_a_revoked_access_token_is_denied_for_its_remaining_life_and_not_a_second_more(
     new_backend: Callable[[], Backend], keyring: KeyRing, life: int, elapsed_quarters: int
