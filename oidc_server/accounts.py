@@ -48,16 +48,21 @@ def get_user(session: Session, user_id: str | uuid.UUID) -> User | None:
 
 
 def create_user(session: Session, hasher: PasswordHasher, login: str, password: str | None) -> User:
-    """Create a user; ``password`` None makes a social-only account. Raises on a taken login."""
+    """Create a user; ``password`` None makes a social-only account.
+
+    A taken login raises ``AccountError`` after rolling the whole session back: callers start
+    a fresh transaction for a registration, and a savepoint would not be atomic on SQLite's
+    driver (a released savepoint commits when no transaction was open).
+    """
     user = User(
         login=normalise_login(login),
         password_hash=hasher.hash(password) if password is not None else None,
     )
+    session.add(user)
     try:
-        with session.begin_nested():
-            session.add(user)
-            session.flush()
+        session.flush()
     except IntegrityError:
+        session.rollback()
         raise AccountError("login_taken", "this login is already registered") from None
     return user
 

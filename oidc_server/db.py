@@ -36,13 +36,6 @@ def make_engine(url: str) -> Engine:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA busy_timeout=5000")
             cursor.close()
-            # pysqlite's own transaction handling breaks SAVEPOINTs (a released savepoint
-            # commits); SQLAlchemy's documented fix is to let it emit BEGIN itself.
-            dbapi_connection.isolation_level = None
-
-        @event.listens_for(engine, "begin")
-        def _sqlite_begin(connection: Any) -> None:
-            connection.exec_driver_sql("BEGIN")
 
     return engine
 

@@ -61,8 +61,8 @@ CHECKS = [
 ]
 #: Random cases per operation (schemathesis adds its boundary cases and schema examples to
 #: the first test); with a fresh app per operation the file takes about half a minute.
-EXAMPLES_PER_OPERATION = 80
-EXAMPLES_ABOUT_REAL_THINGS = 40
+EXAMPLES_PER_OPERATION = 25
+EXAMPLES_ABOUT_REAL_THINGS = 10
 
 
 def published_description() -> dict[str, Any]:
