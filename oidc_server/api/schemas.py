@@ -202,6 +202,7 @@ ERROR_DESCRIPTIONS = {
     413: "Request body larger than the configured limit",
     422: "Validation failed; details name each offending field",
     429: "Too many requests; see Retry-After",
+    502: "The identity provider failed or answered garbage",
     503: "A backing store is unavailable; try again shortly",
 }
 

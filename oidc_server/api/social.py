@@ -16,8 +16,8 @@ from ..models import User
 from ..social import SocialError, flows
 from ..social import accounts as social_accounts
 from ..social.claims import SocialIdentity
-from .common import BEARER, ErrorSchema, abort, current_token, user_token_required
-from .schemas import api_blueprint
+from .common import BEARER, abort, current_token, user_token_required
+from .schemas import api_blueprint, error_responses
 
 blp = api_blueprint("social", __name__, "Sign in with Google or Yandex; linked social accounts.")
 
@@ -140,14 +140,8 @@ def _current_user() -> User:
 
 
 def _errors(*statuses: int) -> Any:
-    """Document each status as an ``ErrorSchema`` response."""
-
-    def decorator(fn: Any) -> Any:
-        for status in statuses:
-            fn = blp.alt_response(status, schema=ErrorSchema)(fn)
-        return fn
-
-    return decorator
+    """Document each status, and those any operation can meet (413, 429, 503), as errors."""
+    return error_responses(blp, *sorted(set(statuses) | {413, 429, 503}))
 
 
 _EXCHANGE_ERRORS = (400, 403, 404, 409, 422, 502, 503)

@@ -29,6 +29,7 @@ import pytest
 import redis
 import requests
 
+from ..support.op import hidden_fields
 from .processes import PostgresInstance, RedisInstance, Server, wait_for
 from .support import (
     FAULTS_DATABASE,
@@ -217,6 +218,41 @@ def test_a_login_refused_because_redis_is_down_leaves_no_history(crash: Crash) -
     crash.server.wait_ready()
     login(crash.server, email)
     assert set(live_sessions(crash, user_id)) == history_sessions(crash, user_id)
+
+
+def form_login(crash: Crash, email: str) -> Callable[[], requests.Response]:
+    """The browser's /login form, its CSRF cookie and token fetched first (before any lock)."""
+    browser = requests.Session()
+    address = client_address()
+    page = browser.get(crash.server.url + "/login", headers=address, timeout=30)
+    assert page.status_code == 200
+    fields = hidden_fields(page.text)
+    return lambda: browser.post(
+        crash.server.url + "/login",
+        data={**fields, "email": email, "password": PASSWORD},
+        headers=address,
+        allow_redirects=False,
+        timeout=30,
+    )
+
+
+def test_a_browser_login_killed_while_writing_its_history_leaves_no_session(
+    crash: Crash,
+) -> None:
+    email = new_email("crash-form-db")
+    user_id = register(crash.server, email)
+    send = form_login(crash, email)
+    with table_locked(crash.postgres, "login_history") as waiting:
+        (backend,) = kill_mid_request(crash, send, waiting, "to insert into login_history")
+    wait_for(lambda: backend_ended(crash, backend), "the killed worker's backend to end")
+    crash.server.wait_ready()
+    assert history_sessions(crash, user_id) == set()
+    # The history commits before the browser session starts, so none was left behind.
+    assert live_sessions(crash, user_id) == {}
+    signed_in = form_login(crash, email)()
+    assert signed_in.status_code == 303, signed_in.text
+    sessions = live_sessions(crash, user_id)
+    assert len(sessions) == 1 and set(sessions) == history_sessions(crash, user_id)
 
 
 # Refresh -----------------------------------------------------------------------------------

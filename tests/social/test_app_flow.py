@@ -174,8 +174,10 @@ def test_wrong_client_secret_is_a_provider_error_not_the_users(client, services,
     assert resp.status_code == 502 and resp.get_json()["error"] == "provider_error"
 
 
-def test_store_down_creates_nothing(app: Flask, settings, fake):
-    """The session cannot start: no user, social account or history row is committed."""
+def test_store_down_keeps_the_new_account_but_no_history(app: Flask, settings, fake):
+    """The session cannot start: its history row is withdrawn; the new user and social account
+    commit before the session starts and stay (valid without a session; the next try finds them).
+    """
     dead_port = FakeProviders.dead_url().rsplit(":", 1)[1]
     store = RedisTokenStore.from_url(f"redis://127.0.0.1:{dead_port}/0")
     instance = create_app(settings, store=store)
@@ -188,7 +190,11 @@ def test_store_down_creates_nothing(app: Flask, settings, fake):
         )
         assert resp.status_code == 503
         assert resp.get_json()["error"] == "temporarily_unavailable"
-        assert counts(instance.extensions["oidc"]) == NOTHING
+        assert counts(instance.extensions["oidc"]) == {
+            "users": 1,
+            "social_accounts": 1,
+            "login_history": 0,
+        }
     finally:
         instance.extensions["oidc"].db.dispose()
         store.redis.close()

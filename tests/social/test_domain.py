@@ -106,8 +106,8 @@ def test_concurrent_first_sign_in_of_one_identity_finds_the_winner(services: Any
         assert session.scalars(select(User.id)).one() == result.user_id
 
 
-def test_failed_commit_ends_the_session_it_started(services: Any):
-    """The user vanishes before our history row commits: the new session must not survive."""
+def test_failed_commit_starts_no_session(services: Any):
+    """The user vanishes before our history row commits: no new session may start."""
     with services.db.sessions() as session:
         first = social_accounts.sign_in(session, services.tokens, "google", ALICE, ORIGIN)
     (first_session,) = services.store.list_sessions(str(first.user_id))
@@ -122,7 +122,7 @@ def test_failed_commit_ends_the_session_it_started(services: Any):
         with pytest.raises(IntegrityError):
             social_accounts.sign_in(session, services.tokens, "google", ALICE, ORIGIN)
     assert counts(services) == NOTHING
-    # Only the first sign-in's session is left: the second was ended after its commit failed.
+    # Only the first sign-in's session exists: the second never started, its commit failed.
     remaining = services.store.list_sessions(str(first.user_id))
     assert [s.sid for s in remaining] == [first_session.sid]
 
