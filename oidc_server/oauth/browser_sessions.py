@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..security import hash_token
-from ..tokens.service import split_refresh_token
+from ..tokens.service import new_session_id, split_refresh_token
 from ..tokens.store import RefreshRecord, SessionRecord, TokenStore
 
 #: The client id of the browser's own credential: empty, so no registered client matches it.
@@ -40,11 +40,21 @@ class BrowserSessions:
         self.clock = clock
 
     def start(
-        self, *, user_id: str, auth_method: str, client_id: str, user_agent: str, ip: str
+        self,
+        *,
+        user_id: str,
+        auth_method: str,
+        client_id: str,
+        user_agent: str,
+        ip: str,
+        sid: str | None = None,
     ) -> BrowserLogin:
-        """Sign a browser in; ``client_id`` is the app it signed in for ("" if none)."""
+        """Sign a browser in; ``client_id`` is the app it signed in for ("" if none).
+
+        ``sid`` (from ``new_session_id``) lets a caller record the session before starting it.
+        """
         now = int(self.clock())
-        sid = secrets.token_urlsafe(16)
+        sid = sid or new_session_id()
         session = SessionRecord(
             sid=sid,
             user_id=user_id,

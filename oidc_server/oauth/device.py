@@ -39,7 +39,7 @@ from authlib.oauth2.rfc8628.errors import (
 
 from .. import accounts, observability
 from ..context import client_ip, db_session, services, user_agent
-from ..history import record_login
+from ..history import record_then_start
 from ..security import hash_token
 from ..tokens.service import LoginContext
 from ..tokens.store import TokenStore
@@ -217,16 +217,23 @@ class DeviceCodeGrant(_DeviceCodeGrant):
         assert result.record is not None and result.decision is not None
         scope = result.record["scope"]
         roles = accounts.role_names(session, user.id)
-        token, record = services().tokens.start_session(
-            LoginContext(
-                user_id=str(user.id),
-                client_id=self.request.client.client_id,
-                scope=scope,
-                roles=roles,
-                auth_method="device",
-                user_agent=user_agent(),
-                ip=client_ip(),
-            )
+        login = LoginContext(
+            user_id=str(user.id),
+            client_id=self.request.client.client_id,
+            scope=scope,
+            roles=roles,
+            auth_method="device",
+            user_agent=user_agent(),
+            ip=client_ip(),
+        )
+        # History first, then the session (see record_then_start).
+        token, record = record_then_start(
+            session,
+            lambda sid: services().tokens.start_session(login, sid=sid),
+            user_id=user.id,
+            method="device",
+            user_agent=login.user_agent,
+            ip=login.ip,
         )
         if not self.request.client.check_grant_type("refresh_token"):
             token.pop("refresh_token", None)
@@ -241,20 +248,6 @@ class DeviceCodeGrant(_DeviceCodeGrant):
                 auth_method=result.decision["auth_method"],
                 access_token=token["access_token"],
             )
-        record_login(
-            session,
-            user_id=user.id,
-            method="device",
-            success=True,
-            user_agent=user_agent(),
-            ip=client_ip(),
-            session_id=record.sid,
-        )
-        try:
-            session.commit()
-        except Exception:
-            services().tokens.end_session(record.sid)
-            raise
         observability.tokens_issued(self.GRANT_TYPE)
         return 200, token, self.TOKEN_RESPONSE_HEADER
 

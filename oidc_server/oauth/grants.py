@@ -20,7 +20,7 @@ from werkzeug.exceptions import TooManyRequests
 
 from .. import accounts, observability
 from ..context import client_ip, db_session, services, user_agent
-from ..history import record_login
+from ..history import record_login, record_then_start
 from ..models import User
 from ..passwords_policy import MAX_LENGTH as PASSWORD_MAX_LENGTH
 from ..ratelimit import login_backoff
@@ -28,7 +28,6 @@ from ..tokens.service import (
     LoginContext,
     RefreshTokenInvalid,
     RefreshTokenReused,
-    new_session_id,
 )
 
 log = logging.getLogger(__name__)
@@ -130,37 +129,18 @@ class PasswordGrant(grants.ResourceOwnerPasswordCredentialsGrant):
             user_agent=user_agent(),
             ip=client_ip(),
         )
-        # The history row commits before the session starts: a worker killed in between leaves
-        # a row for a sign-in whose tokens were never handed out, never a live session that
-        # the history does not show (tests/faults/test_crash_safety.py).
-        sid = new_session_id()
-        entry = record_login(
+        # History first, then the session (see record_then_start); the commit also keeps a
+        # password rehash done while authenticating.
+        token, _ = record_then_start(
             session,
+            lambda sid: services().tokens.start_session(login, sid=sid),
             user_id=user.id,
             method=self.LOGIN_METHOD,
-            success=True,
             user_agent=login.user_agent,
             ip=login.ip,
-            session_id=sid,
         )
-        session.commit()  # also keeps a password rehash done while authenticating
-        try:
-            token, _ = services().tokens.start_session(login, sid=sid)
-        except Exception:
-            _withdraw(session, entry)  # the store is down: this sign-in did not happen
-            raise
         observability.tokens_issued(self.GRANT_TYPE)
         return 200, token, self.TOKEN_RESPONSE_HEADER
-
-
-def _withdraw(session: Any, entry: Any) -> None:
-    """Delete a committed history row whose session could not start; a failure only logs."""
-    try:
-        session.delete(entry)
-        session.commit()
-    except Exception:
-        session.rollback()
-        log.warning("could not withdraw the history row of a sign-in that failed")
 
 
 class RefreshTokenGrant(grants.RefreshTokenGrant):

@@ -8,7 +8,6 @@ the owner links the identity from their signed-in account (pre-account-takeover 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import uuid
 from dataclasses import dataclass
@@ -19,10 +18,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from .. import accounts, observability
-from ..history import record_login
+from ..history import record_then_start
 from ..models import SocialAccount, User
 from ..tokens.service import LoginContext, TokenService
-from ..tokens.store import StoreUnavailable
 from .claims import SocialIdentity
 from .errors import SocialError
 
@@ -110,11 +108,11 @@ def sign_in(
 ) -> SignInResult:
     """Sign ``identity`` in, creating its user on first use; commits and starts a session.
 
-    Order: the rows are written (not committed), then the session is started in the token
-    store, then the user, social account and history row commit in one transaction. A store
-    failure leaves nothing committed; a failed commit ends the session it would have named,
-    whose tokens were never handed out. So there is never a user without its social account
-    nor a session without its history row.
+    Order: the user, social account and history row commit in one transaction, then the
+    session is started in the token store with the id the history row names. A failed commit
+    leaves nothing (and starts no session); a store failure withdraws the history row but
+    keeps a newly created user and its social account. So there is never a user without its
+    social account nor a session without its history row.
     """
     account = find_account(session, provider, identity.subject)
     created = False
@@ -126,34 +124,26 @@ def sign_in(
     if identity.email is not None and account.email != identity.email:
         account.email = identity.email  # keep the provider's current verified address
 
-    token, record = tokens.start_session(
-        LoginContext(
-            user_id=str(user.id),
-            client_id=origin.client_id,
-            scope=SIGN_IN_SCOPE,
-            roles=accounts.role_names(session, user.id),
-            auth_method=provider,
-            user_agent=origin.user_agent,
-            ip=origin.ip,
-        )
+    login = LoginContext(
+        user_id=str(user.id),
+        client_id=origin.client_id,
+        scope=SIGN_IN_SCOPE,
+        roles=accounts.role_names(session, user.id),
+        auth_method=provider,
+        user_agent=origin.user_agent,
+        ip=origin.ip,
     )
-    try:
-        record_login(
-            session,
-            user_id=user.id,
-            method=provider,
-            success=True,
-            user_agent=origin.user_agent,
-            ip=origin.ip,
-            session_id=record.sid,
-        )
-        session.commit()
-    except BaseException:
-        session.rollback()
-        # Best effort: if the store is down too, the orphan session expires unused.
-        with contextlib.suppress(StoreUnavailable):
-            tokens.end_session(record.sid)
-        raise
+    # The user, social account and history row commit together, then the session starts
+    # (see record_then_start). If it cannot start, only the history row is withdrawn: a new
+    # user with its social account is valid without a session, and the next try finds it.
+    token, _ = record_then_start(
+        session,
+        lambda sid: tokens.start_session(login, sid=sid),
+        user_id=user.id,
+        method=provider,
+        user_agent=origin.user_agent,
+        ip=origin.ip,
+    )
     log.info(
         "social sign-in",
         extra={"provider": provider, "user_id": str(user.id), "new_user": created},

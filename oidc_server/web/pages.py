@@ -54,7 +54,7 @@ from werkzeug.datastructures import MultiDict
 from .. import accounts, consent
 from ..clients import RegisteredClient
 from ..context import client_ip, db_session, services, user_agent
-from ..history import record_login
+from ..history import record_login, record_then_start
 from ..models import User
 from ..oauth.authorization_code import Approval, AuthorizationRequest
 from ..oauth.browser_sessions import BrowserSessions
@@ -386,13 +386,16 @@ def consent_decision() -> Response:
 
 
 # Signing in -------------------------------------------------------------------------------
-def _start_browser_session(user: User, method: str, client_id: str) -> tuple[str, SessionRecord]:
+def _start_browser_session(
+    user: User, method: str, client_id: str, sid: str
+) -> tuple[str, SessionRecord]:
     login = browser_sessions().start(
         user_id=str(user.id),
         auth_method=method,
         client_id=client_id,
         user_agent=user_agent(),
         ip=client_ip(),
+        sid=sid,
     )
     return login.cookie, login.session
 
@@ -507,21 +510,17 @@ def login_submit() -> Response:
         )
     if backoff is not None:
         backoff.record_success(email)
-    cookie, record = _start_browser_session(user, "password", _client_of_next(next_path))
-    record_login(
+    client_id = _client_of_next(next_path)
+    # History first, then the session (see record_then_start); the commit also keeps a
+    # password rehash done while authenticating.
+    cookie, _ = record_then_start(
         session,
+        lambda sid: _start_browser_session(user, "password", client_id, sid),
         user_id=user.id,
         method="password",
-        success=True,
         user_agent=user_agent(),
         ip=client_ip(),
-        session_id=record.sid,
     )
-    try:
-        session.commit()
-    except Exception:
-        browser_sessions().end(record.sid)
-        raise
     return signed_in_response(cookie, next_path)
 
 
@@ -546,13 +545,16 @@ class _BrowserSessionStarter:
         self.client_id = client_id
         self.cookie = ""
 
-    def start_session(self, login: Any) -> tuple[dict[str, Any], SessionRecord]:
+    def start_session(
+        self, login: Any, sid: str | None = None
+    ) -> tuple[dict[str, Any], SessionRecord]:
         started = browser_sessions().start(
             user_id=login.user_id,
             auth_method=login.auth_method,
             client_id=self.client_id,
             user_agent=login.user_agent,
             ip=login.ip,
+            sid=sid,
         )
         self.cookie = started.cookie
         return {}, started.session
