@@ -106,8 +106,9 @@ class MemoryTokenStore(TokenStore):
             self._refresh.set_keep_ttl((sid, old_hash), [record, True])
             successor = replace(record, issued_at=now, expires_at=now + ttl)
             self._refresh.set((sid, new_hash), [successor, False], ttl)
-            self._sessions.set(sid, replace(session, last_used_at=now), ttl)
-            return RotateResult(RotateOutcome.ROTATED, record)
+            touched = replace(session, last_used_at=now)
+            self._sessions.set(sid, touched, ttl)
+            return RotateResult(RotateOutcome.ROTATED, record, touched)
 
     def add_refresh_token(
         self, sid: str, refresh_hash: str, refresh: RefreshRecord, ttl: int

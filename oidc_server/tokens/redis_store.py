@@ -48,7 +48,12 @@ redis.call('HSET', KEYS[3], 'issued_at', now, 'expires_at', now + ttl, 'spent', 
 redis.call('EXPIRE', KEYS[3], ttl)
 redis.call('HSET', KEYS[1], 'last_used_at', now)
 redis.call('EXPIRE', KEYS[1], ttl)
-return {'rotated', unpack(rec)}
+-- The record, then the touched session: callers need no second round trip for it.
+local out = {'rotated', tostring(#rec)}
+for i = 1, #rec do out[#out + 1] = rec[i] end
+local session = redis.call('HGETALL', KEYS[1])
+for i = 1, #session do out[#out + 1] = session[i] end
+return out
 """
 
 
@@ -179,12 +184,15 @@ class RedisTokenStore(TokenStore):
         outcome = RotateOutcome(reply[0].decode())
         if outcome is RotateOutcome.INVALID:
             return RotateResult(outcome)
-        record = RefreshRecord.from_fields(_pairs(reply[1:]))
         if outcome is RotateOutcome.REUSED:
+            record = RefreshRecord.from_fields(_pairs(reply[1:]))
             self.redis.zrem(self._user_sessions_key(record.user_id), sid)
-        else:
-            self.redis.expire(self._user_sessions_key(record.user_id), ttl, gt=True)
-        return RotateResult(outcome, record)
+            return RotateResult(outcome, record)
+        size = int(reply[1])
+        record = RefreshRecord.from_fields(_pairs(reply[2 : 2 + size]))
+        session = SessionRecord.from_fields(_pairs(reply[2 + size :]))
+        self.redis.expire(self._user_sessions_key(record.user_id), ttl, gt=True)
+        return RotateResult(outcome, record, session)
 
     @_fail_closed
     def add_refresh_token(

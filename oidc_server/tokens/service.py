@@ -145,7 +145,7 @@ class TokenService:
         if result.outcome is RotateOutcome.INVALID or result.record is None:
             raise RefreshTokenInvalid("refresh token is not valid")
         record = result.record
-        session = self.store.get_session(sid)
+        session = result.session
         access_token, _ = self.codec.issue(
             subject=record.user_id,
             client_id=record.client_id,

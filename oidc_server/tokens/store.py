@@ -85,6 +85,8 @@ class RotateOutcome(enum.Enum):
 class RotateResult:
     outcome: RotateOutcome
     record: RefreshRecord | None = None
+    #: The session after a rotation (its ``last_used_at`` moved), so callers need no re-read.
+    session: SessionRecord | None = None
 
 
 class StoreUnavailable(RuntimeError):

@@ -77,6 +77,7 @@ def test_rotation_spends_the_old_token_and_stores_the_new(store: TokenStore) -> 
     new, spent = store.peek_refresh_token("s1", "h2")  # type: ignore[misc]
     assert not spent and new.issued_at == 150 and new.expires_at == 210
     assert store.get_session("s1").last_used_at == 150  # type: ignore[union-attr]
+    assert result.session == store.get_session("s1")  # returned, so refresh needs no re-read
 
 
 def test_reusing_a_spent_token_ends_the_session(store: TokenStore) -> None:
