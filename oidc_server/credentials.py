@@ -39,6 +39,26 @@ def register(session: Session, hasher: PasswordHasher, login: str, password: str
     return create_user(session, hasher, normalised, password)
 
 
+def confirm_password(
+    hasher: PasswordHasher,
+    user: User,
+    password: str,
+    backoff: LoginBackoff | None,
+    wrong_message: str = "the password is not correct",
+) -> None:
+    """Check a signed-in user's password again, under the same backoff as sign-ins."""
+    if backoff is not None:
+        wait = backoff.wait_before_attempt(user.login)
+        if wait:
+            raise TooManyAttempts(wait)
+    if not hasher.verify(user.password_hash, password):
+        if backoff is not None:
+            backoff.record_failure(user.login)
+        raise WrongPassword("wrong_password", wrong_message)
+    if backoff is not None:
+        backoff.record_success(user.login)
+
+
 def change_password(
     session: Session,
     hasher: PasswordHasher,
@@ -57,16 +77,7 @@ def change_password(
     """
     if not user.has_password:
         raise AccountError("no_password", "this account signs in through Google or Yandex only")
-    if backoff is not None:
-        wait = backoff.wait_before_attempt(user.login)
-        if wait:
-            raise TooManyAttempts(wait)
-    if not hasher.verify(user.password_hash, old_password):
-        if backoff is not None:
-            backoff.record_failure(user.login)
-        raise WrongPassword("wrong_password", "the current password is not correct")
-    if backoff is not None:
-        backoff.record_success(user.login)
+    confirm_password(hasher, user, old_password, backoff, "the current password is not correct")
     check_password(new_password, user.login)
     user.password_hash = hasher.hash(new_password)
     session.flush()

@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from . import audit
 from .accounts import AccountError
-from .credentials import TooManyAttempts, WrongPassword
+from .credentials import confirm_password
 from .login_backoff import LoginBackoff
 from .models import AuditLog, LoginHistory, User
 from .roles import RoleCache
@@ -107,16 +107,7 @@ def authorise_erasure(
     if user.has_password:
         if password is None:
             raise AccountError("password_required", "the account's password is required")
-        if backoff is not None:
-            wait = backoff.wait_before_attempt(user.login)
-            if wait:
-                raise TooManyAttempts(wait)
-        if not hasher.verify(user.password_hash, password):
-            if backoff is not None:
-                backoff.record_failure(user.login)
-            raise WrongPassword("wrong_password", "the password is not correct")
-        if backoff is not None:
-            backoff.record_success(user.login)
+        confirm_password(hasher, user, password, backoff)
         return
     if auth_time is None or now - auth_time > REAUTH_MAX_AGE:
         raise ReauthenticationRequired(
