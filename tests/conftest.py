@@ -87,14 +87,19 @@ def settings(tmp_path: Path, database_url: str, signing_key_file: Path) -> Setti
     keys_dir = tmp_path / "keys"
     keys_dir.mkdir()
     shutil.copy2(signing_key_file, keys_dir / signing_key_file.name)
+    return make_settings(tmp_path, database_url)
+
+
+def make_settings(folder: Path, database_url: str) -> Settings:
+    """Test settings: keys and instance files under ``folder``, rate limits off."""
     return Settings.from_env(
         {},
         app_env="test",
         database_url=database_url,
         redis_url=TEST_REDIS_URL,
         oidc_issuer="http://localhost",
-        oidc_keys_dir=str(tmp_path / "keys"),
-        instance_dir=str(tmp_path / "instance"),
+        oidc_keys_dir=str(folder / "keys"),
+        instance_dir=str(folder / "instance"),
         secret_key="test-secret-key-" + "x" * 32,
         # Cheap argon2 so the suite is fast; the parameters are still argon2id.
         password_hash_time_cost=1,

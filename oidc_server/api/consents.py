@@ -9,9 +9,8 @@ from marshmallow import Schema, fields
 
 from .. import consent
 from ..context import db_session
-from ..history_pages import as_utc
 from .common import BEARER, abort, current_token, user_token_required
-from .schemas import api_blueprint, error_responses
+from .schemas import UtcDateTime, api_blueprint, error_responses
 
 blp = api_blueprint(
     "consents",
@@ -23,7 +22,7 @@ blp = api_blueprint(
 class ConsentSchema(Schema):
     client_id = fields.String(required=True)
     scopes = fields.List(fields.String(), required=True)
-    granted_at = fields.DateTime(required=True)
+    granted_at = UtcDateTime(required=True)
 
 
 @blp.route("/users/me/consents/", methods=["GET"])
@@ -35,8 +34,7 @@ def list_consents() -> list[dict[str, Any]]:
     """The clients the caller has allowed, with the scopes each was given."""
     rows = consent.list_consents(db_session(), _user_id())
     return [
-        {"client_id": r.client_id, "scopes": r.scopes, "granted_at": as_utc(r.granted_at)}
-        for r in rows
+        {"client_id": r.client_id, "scopes": r.scopes, "granted_at": r.granted_at} for r in rows
     ]
 
 

@@ -7,7 +7,6 @@ assignments. Each change is audited with the client id as the actor (``oidc_serv
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 from flask import current_app
@@ -19,21 +18,12 @@ from ..context import db_session, services
 from ..ratelimit import limiter
 from ..tokens.redis_store import RedisTokenStore
 from .common import BEARER, ErrorSchema, abort, client_token_required, current_token
-from .schemas import Text, api_blueprint
+from .schemas import Text, UtcDateTime, api_blueprint
 
 blp = api_blueprint("roles", __name__, "Roles and their assignment to users, for machine clients.")
 
 READ = "roles:read"
 WRITE = "roles:write"
-
-
-class UtcDateTime(fields.DateTime):
-    """ISO 8601 with its offset; SQLite hands back naive datetimes, which are UTC here."""
-
-    def _serialize(self, value: datetime | None, attr: Any, obj: Any, **kwargs: Any) -> Any:
-        if value is not None and value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return super()._serialize(value, attr, obj, **kwargs)
 
 
 class RoleSchema(Schema):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import flask
@@ -25,6 +26,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: RFC 5321 §4.5.3.1: a path (an address) is at most 256 octets; 320 is the usual column bound.
 LOGIN_MAX_LENGTH = 320
+
+
+class UtcDateTime(fields.DateTime):
+    """ISO 8601 with its offset; SQLite hands back naive datetimes, which are UTC here."""
+
+    def _serialize(self, value: datetime | None, attr: Any, obj: Any, **kwargs: Any) -> Any:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return super()._serialize(value, attr, obj, **kwargs)
 
 
 class Text(fields.String):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 from flask import Response, redirect
@@ -17,7 +16,7 @@ from ..social import SocialError, flows
 from ..social import accounts as social_accounts
 from ..social.claims import SocialIdentity
 from .common import BEARER, abort, current_token, user_token_required
-from .schemas import api_blueprint, error_responses
+from .schemas import UtcDateTime, api_blueprint, error_responses
 
 blp = api_blueprint("social", __name__, "Sign in with Google or Yandex; linked social accounts.")
 
@@ -82,15 +81,6 @@ class SocialCodeSchema(Schema):
         validate=validate.Length(min=1, max=512),
         metadata={"description": "OpenID providers: the nonce the app sent, checked if given"},
     )
-
-
-class UtcDateTime(fields.DateTime):
-    """ISO 8601 with its UTC offset; SQLite hands back naive datetimes that are UTC."""
-
-    def _serialize(self, value: datetime | None, attr: Any, obj: Any, **kwargs: Any) -> Any:
-        if value is not None and value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return super()._serialize(value, attr, obj, **kwargs)
 
 
 class SocialAccountSchema(Schema):

@@ -16,11 +16,10 @@ import pytest
 from flask.testing import FlaskClient
 
 from oidc_server.accounts import create_user
-from oidc_server.config import Settings
 from oidc_server.tokens.memory_store import MemoryTokenStore
 from oidc_server.tokens.redis_store import RedisTokenStore
 
-from ..conftest import PASSWORD, TEST_REDIS_URL, bearer
+from ..conftest import PASSWORD, bearer, make_settings
 from ..support.accounts import fresh_app, live_session_count, row_counts, signed_in
 
 
@@ -179,21 +178,7 @@ class World:
 def world(
     tmp_path_factory: pytest.TempPathFactory, database_url: str, redis_client: Any
 ) -> Iterator[World]:
-    folder = tmp_path_factory.mktemp("bad-input")
-    settings = Settings.from_env(
-        {},
-        app_env="test",
-        database_url=database_url,
-        redis_url=TEST_REDIS_URL,
-        oidc_issuer="http://localhost",
-        oidc_keys_dir=str(folder / "keys"),
-        instance_dir=str(folder / "instance"),
-        secret_key="test-secret-key-" + "x" * 32,
-        password_hash_time_cost=1,
-        password_hash_memory_cost=1024,
-        password_hash_parallelism=1,
-        ratelimit_enabled=False,
-    )
+    settings = make_settings(tmp_path_factory.mktemp("bad-input"), database_url)
     if redis_client is not None:
         redis_client.flushdb()
     store = RedisTokenStore(redis_client) if redis_client is not None else MemoryTokenStore()

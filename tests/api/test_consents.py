@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
 from flask.testing import FlaskClient
@@ -27,6 +28,8 @@ def test_consents_are_listed_and_revoked(client: FlaskClient, user: User, servic
     assert [(c["client_id"], c["scopes"]) for c in listed.json] == [
         (partner.client_id, ["openid", "profile"])
     ]
+    # UTC with its offset on every database (SQLite hands back naive datetimes).
+    assert datetime.fromisoformat(listed.json[0]["granted_at"]).utcoffset() == timedelta(0)
 
     revoked = client.delete(f"/api/v1/users/me/consents/{partner.client_id}", headers=bearer(token))
     assert revoked.status_code == 204
