@@ -84,24 +84,6 @@ def authenticate(
     return user
 
 
-def user_with_roles(session: Session, user_id: str | uuid.UUID) -> tuple[User, list[str]] | None:
-    """The user and their sorted role names in one round trip; None if there is no such user."""
-    try:
-        key = user_id if isinstance(user_id, uuid.UUID) else uuid.UUID(str(user_id))
-    except ValueError:
-        return None
-    rows = session.execute(
-        select(User, Role.name)
-        .outerjoin(UserRole, UserRole.user_id == User.id)
-        .outerjoin(Role, Role.id == UserRole.role_id)
-        .where(User.id == key)
-        .order_by(Role.name)
-    ).all()
-    if not rows:
-        return None
-    return rows[0][0], [name for _, name in rows if name is not None]
-
-
 def role_names(session: Session, user_id: uuid.UUID) -> list[str]:
     """The user's role names, sorted, in one query."""
     rows = session.scalars(

@@ -9,6 +9,12 @@ worker process shares; on a miss it reads the user's role ids once from the prim
 primary-key lookup per check, so a change made by another process (the CLI) shows at once.
 ``ROLES_CACHE_TTL=0`` turns reading the cache off; changes still invalidate it then.
 
+The same cache holds each user's account card (``AccountCard``: login, created_at, whether
+there is a password, role names), which introspection, userinfo, refresh and ``/users/me``
+read instead of the database. It shares the entry's generation counter, so every change that
+invalidates a user's roles drops the card too; a role rename invalidates every holder, because
+the card has role names where the set has ids.
+
 Why the cache is never stale across processes: next to each user's entry is a generation
 counter. A reader that misses notes the generation, reads the database, and stores what it
 read only if the generation has not moved (one Lua script), so a read that raced a change is
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import re
 import uuid
@@ -95,6 +102,28 @@ class UserNotFound(RoleError):
 
 class RoleNameTaken(RoleError):
     code = "role_name_taken"
+
+
+@dataclass(frozen=True)
+class AccountCard:
+    """What token checks need of an active user, cached beside their role ids."""
+
+    user_id: uuid.UUID
+    login: str
+    has_password: bool
+    created_at: datetime
+    roles: tuple[str, ...]
+
+    def to_json(self) -> str:
+        return json.dumps(
+            [self.login, self.has_password, self.created_at.isoformat(), list(self.roles)],
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, user_id: uuid.UUID, raw: str | bytes) -> AccountCard:
+        login, has_password, created_at, roles = json.loads(raw)
+        return cls(user_id, login, has_password, datetime.fromisoformat(created_at), tuple(roles))
 
 
 @dataclass(frozen=True)
@@ -204,6 +233,14 @@ class RoleCache(ABC):
         """Store the user's role ids unless a change came after ``miss``; True if stored."""
 
     @abstractmethod
+    def lookup_card(self, user_id: uuid.UUID) -> AccountCard | Miss:
+        """The user's cached account card, or a ``Miss``. One round trip."""
+
+    @abstractmethod
+    def fill_card(self, card: AccountCard, miss: Miss) -> bool:
+        """Store the card unless a change came after ``miss``; True if stored."""
+
+    @abstractmethod
     def invalidate(self, user_ids: Iterable[uuid.UUID]) -> None:
         """Drop these users' entries and refuse fills that started before this call."""
 
@@ -220,6 +257,12 @@ class NoRoleCache(RoleCache):
         return _ALWAYS_MISS
 
     def fill(self, user_id: uuid.UUID, miss: Miss, role_ids: Iterable[uuid.UUID]) -> bool:
+        return False
+
+    def lookup_card(self, user_id: uuid.UUID) -> AccountCard | Miss:
+        return _ALWAYS_MISS
+
+    def fill_card(self, card: AccountCard, miss: Miss) -> bool:
         return False
 
     def invalidate(self, user_ids: Iterable[uuid.UUID]) -> None:
@@ -244,6 +287,20 @@ if (redis.call('GET', KEYS[2]) or '') ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('SADD', KEYS[1], '*', unpack(ARGV, 3))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+# KEYS: card, generation. A hit answers {1, card}; a miss answers {0, generation}.
+_LOOKUP_CARD = """
+local card = redis.call('GET', KEYS[1])
+if card then return {1, card} end
+return {0, redis.call('GET', KEYS[2]) or ''}
+"""
+
+# KEYS: card, generation. ARGV: generation seen at the miss, ttl, card.
+_FILL_CARD = """
+if (redis.call('GET', KEYS[2]) or '') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[3], 'EX', ARGV[2])
 return 1
 """
 
@@ -276,10 +333,15 @@ class RedisRoleCache(RoleCache):
         self.prefix = prefix
         self._lookup = client.register_script(_LOOKUP)
         self._fill = client.register_script(_FILL)
+        self._lookup_card = client.register_script(_LOOKUP_CARD)
+        self._fill_card = client.register_script(_FILL_CARD)
 
     def _keys(self, user_id: uuid.UUID) -> list[str]:
-        # One hash tag per user: both keys of a script sit on one Redis Cluster slot.
+        # One hash tag per user: every key of a script sits on one Redis Cluster slot.
         return [f"{self.prefix}:roles:{{{user_id}}}", f"{self.prefix}:rolegen:{{{user_id}}}"]
+
+    def _card_keys(self, user_id: uuid.UUID) -> list[str]:
+        return [f"{self.prefix}:card:{{{user_id}}}", f"{self.prefix}:rolegen:{{{user_id}}}"]
 
     @property
     def enabled(self) -> bool:
@@ -304,6 +366,22 @@ class RedisRoleCache(RoleCache):
         return self._fill(keys=self._keys(user_id), args=args) == 1
 
     @_redis_errors
+    def lookup_card(self, user_id: uuid.UUID) -> AccountCard | Miss:
+        if not self.enabled:
+            return _ALWAYS_MISS
+        found, value = self._lookup_card(keys=self._card_keys(user_id))
+        if found == 1:
+            return AccountCard.from_json(user_id, value)
+        return Miss(value)
+
+    @_redis_errors
+    def fill_card(self, card: AccountCard, miss: Miss) -> bool:
+        if not self.enabled:
+            return False
+        args = [miss.generation, self.ttl, card.to_json()]
+        return self._fill_card(keys=self._card_keys(card.user_id), args=args) == 1
+
+    @_redis_errors
     def invalidate(self, user_ids: Iterable[uuid.UUID]) -> None:
         pipe = self.redis.pipeline(transaction=False)
         pending = 0
@@ -312,7 +390,7 @@ class RedisRoleCache(RoleCache):
             # Bump first: from here on no fill that started earlier is accepted.
             pipe.incr(generation)
             pipe.expire(generation, self.GENERATION_TTL)
-            pipe.delete(entry)
+            pipe.delete(entry, self._card_keys(user_id)[0])
             pending += 1
             if pending == _INVALIDATE_BATCH:
                 pipe.execute()
@@ -364,6 +442,39 @@ class RoleChecker:
                 )
             )
         return found is not None
+
+
+def read_card(session: Session, cache: RoleCache, user_id: str | uuid.UUID) -> AccountCard | None:
+    """The active user's card from the cache, else from one query (then cached); else None.
+
+    Unknown, malformed and inactive user ids give None. A cache outage costs only speed.
+    """
+    try:
+        key = user_id if isinstance(user_id, uuid.UUID) else uuid.UUID(str(user_id))
+    except ValueError:
+        return None
+    try:
+        cached = cache.lookup_card(key)
+    except StoreUnavailable:
+        cached = _ALWAYS_MISS
+    if isinstance(cached, AccountCard):
+        return cached
+    rows = session.execute(
+        select(User.login, User.password_hash.is_not(None), User.created_at, Role.name)
+        .outerjoin(UserRole, UserRole.user_id == User.id)
+        .outerjoin(Role, Role.id == UserRole.role_id)
+        .where(User.id == key, User.is_active)
+        .order_by(Role.name)
+    ).all()
+    if not rows:
+        return None
+    login, has_password, created_at, _ = rows[0]
+    card = AccountCard(key, login, has_password, created_at, tuple(r[3] for r in rows if r[3]))
+    if cached is not _ALWAYS_MISS:
+        # Answered from the database either way; a failed fill is retried by the next read.
+        with contextlib.suppress(StoreUnavailable):
+            cache.fill_card(card, cached)
+    return card
 
 
 # Changes ---------------------------------------------------------------------------------
@@ -424,8 +535,13 @@ class RoleAdmin:
             setattr(role, field, change["to"])
         self._flush_or_name_taken(role.name)
         audit.record(self.session, self.actor, ROLE_UPDATED, str(role.id), {"changes": changes})
-        # Role ids are what the cache holds; a rename changes no membership.
-        self._commit(())
+        # Role-id sets survive a rename, but account cards list role names.
+        holders: list[uuid.UUID] = []
+        if "name" in changes:
+            holders = list(
+                self.session.scalars(select(UserRole.user_id).where(UserRole.role_id == role.id))
+            )
+        self._commit(holders)
         return role
 
     def delete(self, role_id: uuid.UUID | str) -> int:

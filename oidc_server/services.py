@@ -8,6 +8,7 @@ from .clients import ClientCache
 from .config import Settings
 from .db import Database
 from .keys import KeyRing
+from .roles import RoleCache, role_cache_for
 from .security import PasswordHasher
 from .tokens.access_tokens import AccessTokenCodec
 from .tokens.memory_store import MemoryTokenStore
@@ -24,6 +25,8 @@ class Services:
     keyring: KeyRing
     tokens: TokenService
     hasher: PasswordHasher
+    #: Users' role ids and account cards, in Redis when the token store is Redis.
+    role_cache: RoleCache
     client_cache: ClientCache = field(default_factory=ClientCache)
 
     @classmethod
@@ -41,6 +44,7 @@ class Services:
             audience=settings.access_token_audience,
             ttl=settings.access_token_ttl,
         )
+        redis_client = store.redis if isinstance(store, RedisTokenStore) else None
         return cls(
             settings=settings,
             db=Database(settings.resolved_database_url),
@@ -52,4 +56,5 @@ class Services:
                 memory_cost=settings.password_hash_memory_cost,
                 parallelism=settings.password_hash_parallelism,
             ),
+            role_cache=role_cache_for(redis_client, settings.roles_cache_ttl),
         )

@@ -156,18 +156,20 @@ class Server:
                 time.sleep(0.02)
         self.start_seconds = time.monotonic() - started
 
-    def worker_rss_mb(self) -> list[float]:
+    def worker_memory_mb(self, field: str) -> list[float]:
+        """Each worker's ``Rss`` (shared pages counted in full) or ``Pss`` (shared pages split
+        between the processes sharing them), from /proc/PID/smaps_rollup."""
         assert self.proc is not None
         children = subprocess.run(
             ["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True
         ).stdout.split()
         sizes = []
         for pid in children:
-            status = Path(f"/proc/{pid}/status").read_text()
-            rss_kb = next(
-                int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS")
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+            kb = next(
+                int(line.split()[1]) for line in rollup.splitlines() if line.startswith(f"{field}:")
             )
-            sizes.append(rss_kb / 1024)
+            sizes.append(kb / 1024)
         return sizes
 
     def stop(self) -> None:
@@ -388,6 +390,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--workers", type=int, default=0, help="default: gunicorn.conf.py's")
     parser.add_argument("--growth", action="store_true")
+    parser.add_argument(
+        "--only", nargs="+", metavar="SCENARIO", help="run only these scenarios (default: all)"
+    )
     args = parser.parse_args()
 
     db_url = os.environ.get(
@@ -439,12 +444,15 @@ def main() -> None:
         report["start_to_first_answer_s"] = round(server.start_seconds, 3)
         print(f"gunicorn: {workers} workers, first answer after {server.start_seconds:.2f}s")
         print(f"{'scenario':<20} {'req/s':>9} {'p50ms':>7} {'p99ms':>7} {'errors':>7}")
-        report["scenarios"] = scenarios(server, data, args.seconds, args.connections)
-        report["worker_rss_mb"] = [round(x, 1) for x in server.worker_rss_mb()]
+        only = set(args.only) if args.only else None
+        report["scenarios"] = scenarios(server, data, args.seconds, args.connections, only)
+        report["worker_rss_mb"] = [round(x, 1) for x in server.worker_memory_mb("Rss")]
+        report["worker_pss_mb"] = [round(x, 1) for x in server.worker_memory_mb("Pss")]
         params = {"time_cost": 3, "memory_cost": 65536, "parallelism": 4}
         report["argon2_verify_per_s"] = round(argon2_rate(workers, 5, params), 1)
         print(f"argon2id verify rate ({workers} processes): {report['argon2_verify_per_s']}/s")
         print(f"worker RSS MB: {report['worker_rss_mb']}")
+        print(f"worker PSS MB: {report['worker_pss_mb']}")
         if args.growth:
             print("growth: adding 1,000,000 users and 10,000,000 history rows ...", flush=True)
             started = time.monotonic()

@@ -12,12 +12,10 @@ from typing import Any, NoReturn
 from marshmallow import Schema, validate
 
 from .. import accounts, lifecycle
-from .. import roles as roles_domain
 from ..context import db_session, services
 from ..credentials import TooManyAttempts
 from ..passwords_policy import MAX_LENGTH as PASSWORD_MAX_LENGTH
 from ..ratelimit import change_password_per_ip, login_backoff
-from ..tokens.redis_store import RedisTokenStore
 from ..tokens.store import StoreUnavailable
 from .common import BEARER, abort, current_token, user_token_required
 from .schemas import Text, api_blueprint, error_responses
@@ -41,13 +39,6 @@ class EraseAccountSchema(Schema):
 
 def _user_gone() -> NoReturn:
     abort(401, "invalid_token", "the access token's user no longer exists", headers=_INVALID_TOKEN)
-
-
-def _role_cache() -> roles_domain.RoleCache:
-    """The role cache the servers read, so that no check answers from the erased user's entry."""
-    svc = services()
-    client = svc.store.redis if isinstance(svc.store, RedisTokenStore) else None
-    return roles_domain.role_cache_for(client, svc.settings.roles_cache_ttl)
 
 
 # Bounded like password changes (RATELIMIT_CHANGE_PASSWORD per IP, its own bucket): both take
@@ -95,7 +86,7 @@ def erase_me(args: dict[str, Any]) -> None:
         lifecycle.erase_user(
             session,
             svc.store,
-            _role_cache(),
+            services().role_cache,
             user.id,
             actor=token["client_id"],
             initiated_by="user",

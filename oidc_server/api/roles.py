@@ -16,7 +16,6 @@ from marshmallow import Schema, fields, validate
 from .. import roles as domain
 from ..context import db_session, services
 from ..ratelimit import limiter
-from ..tokens.redis_store import RedisTokenStore
 from .common import BEARER, ErrorSchema, abort, client_token_required, current_token
 from .schemas import Text, UtcDateTime, api_blueprint
 
@@ -93,14 +92,7 @@ def _fail(exc: domain.RoleError) -> NoReturn:
 
 
 def _cache() -> domain.RoleCache:
-    """This app's role cache: Redis when the token store is Redis, else none."""
-    cache = current_app.extensions.get("roles.cache")
-    if cache is None:
-        svc = services()
-        client = svc.store.redis if isinstance(svc.store, RedisTokenStore) else None
-        cache = domain.role_cache_for(client, svc.settings.roles_cache_ttl)
-        current_app.extensions["roles.cache"] = cache
-    return cache
+    return services().role_cache
 
 
 def _checker() -> domain.RoleChecker:

@@ -12,6 +12,7 @@ from ..history_pages import as_utc
 from ..models import User
 from ..passwords_policy import PasswordRejected
 from ..ratelimit import change_password_per_ip, login_backoff
+from ..roles import AccountCard, read_card
 from .common import BEARER, abort, current_token, user_token_required
 from .schemas import (
     ChangePasswordSchema,
@@ -30,17 +31,17 @@ blp = api_blueprint(
 )
 
 
-def _caller_with_roles() -> tuple[User, list[str]]:
+def _caller_card() -> AccountCard:
     """The active user the bearer token was issued to, with their current role names."""
-    found = accounts.user_with_roles(db_session(), current_token()["sub"])
-    if found is None or not found[0].is_active:
+    card = read_card(db_session(), services().role_cache, current_token()["sub"])
+    if card is None:
         abort(
             401,
             "invalid_token",
             "the access token's user no longer exists",
             headers={"WWW-Authenticate": 'Bearer realm="oidc-server", error="invalid_token"'},
         )
-    return found
+    return card
 
 
 def _caller() -> User:
@@ -63,13 +64,13 @@ def _caller() -> User:
 @error_responses(blp, 401, 403, 413, 429, 503)
 def me() -> dict[str, Any]:
     """The signed-in user's account."""
-    user, roles = _caller_with_roles()
+    card = _caller_card()
     return {
-        "id": user.id,
-        "login": user.login,
-        "roles": roles,
-        "has_password": user.has_password,
-        "created_at": as_utc(user.created_at),
+        "id": card.user_id,
+        "login": card.login,
+        "roles": list(card.roles),
+        "has_password": card.has_password,
+        "created_at": as_utc(card.created_at),
     }
 
 

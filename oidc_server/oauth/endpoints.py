@@ -10,8 +10,8 @@ from authlib.oauth2.rfc6749.errors import InvalidRequestError
 from authlib.oauth2.rfc7009 import RevocationEndpoint as _RevocationEndpoint
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint as _IntrospectionEndpoint
 
-from .. import accounts
 from ..context import db_session, services
+from ..roles import read_card
 from ..tokens.service import split_refresh_token
 
 
@@ -128,9 +128,9 @@ class IntrospectionEndpoint(_IntrospectionEndpoint):
         }
         if "sid" in claims:
             # Roles as they are now, not as they were when the token was issued.
-            found = accounts.user_with_roles(db_session(), claims["sub"])
-            if found is None or not found[0].is_active:
+            card = read_card(db_session(), services().role_cache, claims["sub"])
+            if card is None:
                 return {"active": False}
-            user, body["roles"] = found
-            body["username"] = user.login
+            body["roles"] = list(card.roles)
+            body["username"] = card.login
         return body

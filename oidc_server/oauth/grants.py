@@ -24,6 +24,7 @@ from ..history import record_login, record_then_start
 from ..models import User
 from ..passwords_policy import MAX_LENGTH as PASSWORD_MAX_LENGTH
 from ..ratelimit import login_backoff
+from ..roles import read_card
 from ..tokens.service import (
     LoginContext,
     RefreshTokenInvalid,
@@ -164,11 +165,11 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         tokens = services().tokens
         presented = self.request.form["refresh_token"]
         # The token was looked up while validating; only the rotation below decides.
-        found = accounts.user_with_roles(db_session(), self.request.refresh_token.user_id)
-        if found is None or not found[0].is_active:
+        card = read_card(db_session(), services().role_cache, self.request.refresh_token.user_id)
+        if card is None:
             raise InvalidGrantError("The refresh token is not valid.")
         try:
-            token, _ = tokens.refresh(presented, self.request.payload.scope, found[1])
+            token, _ = tokens.refresh(presented, self.request.payload.scope, list(card.roles))
         except RefreshTokenReused as reused:
             observability.refresh_reuse_detected()
             log.warning(

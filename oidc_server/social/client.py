@@ -13,9 +13,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import requests
 from authlib.integrations.base_client import OAuthError
-from authlib.integrations.flask_client import OAuth
 from flask import Flask
 from joserfc.errors import JoseError
 
@@ -24,9 +22,17 @@ from .providers import ProviderSpec
 
 log = logging.getLogger(__name__)
 
-#: What a provider's HTTP exchange may raise besides an OAuth error: network failures, 5xx
-#: (``raise_for_status``), non-JSON bodies (``ValueError``) and JSON of the wrong shape.
-_TRANSPORT_ERRORS = (requests.RequestException, ValueError, KeyError, TypeError)
+
+def _transport_errors() -> tuple[type[Exception], ...]:
+    """What a provider's HTTP exchange may raise besides an OAuth error: network failures,
+    5xx (``raise_for_status``), non-JSON bodies (``ValueError``), JSON of the wrong shape.
+
+    ``requests`` (with Authlib's client, about 6 MB per worker) is imported only once a
+    provider is enabled.
+    """
+    import requests
+
+    return (requests.RequestException, ValueError, KeyError, TypeError)
 
 
 class ProviderError(Exception):
@@ -66,7 +72,7 @@ class ProviderClient:
         """A fresh authorization URL with state, PKCE S256 and, for OIDC, a nonce."""
         try:
             rv = self._remote.create_authorization_url(redirect_uri)
-        except (*_TRANSPORT_ERRORS, RuntimeError) as exc:  # RuntimeError: discovery lacks a URL
+        except (*_transport_errors(), RuntimeError) as exc:  # RuntimeError: discovery lacks a URL
             raise self._failed("authorization request", exc) from None
         return AuthorizationRequest(
             url=rv["url"],
@@ -103,7 +109,7 @@ class ProviderClient:
                 raise CodeRejected(exc.description or "invalid_grant") from None
             # invalid_client and friends: our registration is wrong, not the user's input.
             raise self._failed(f"token endpoint error {exc.error}", exc) from None
-        except (*_TRANSPORT_ERRORS, RuntimeError) as exc:
+        except (*_transport_errors(), RuntimeError) as exc:
             raise self._failed("token endpoint", exc) from None
         if not isinstance(token, dict) or not isinstance(token.get("access_token"), str):
             raise self._failed("token endpoint", ValueError("no access_token"))
@@ -135,7 +141,7 @@ class ProviderClient:
                 "rejected an ID token", extra={"provider": self.name, "reason": repr(exc)[:200]}
             )
             raise IdTokenInvalid(str(exc) or type(exc).__name__) from None
-        except (*_TRANSPORT_ERRORS, RuntimeError) as exc:  # the JWKS could not be fetched
+        except (*_transport_errors(), RuntimeError) as exc:  # the JWKS could not be fetched
             raise self._failed("jwks", exc) from None
         return dict(claims)
 
@@ -151,7 +157,7 @@ class ProviderClient:
             )
             resp.raise_for_status()
             data = resp.json()
-        except _TRANSPORT_ERRORS as exc:
+        except _transport_errors() as exc:
             raise self._failed("userinfo", exc) from None
         if not isinstance(data, dict):
             raise self._failed("userinfo", ValueError("not a JSON object"))
@@ -170,6 +176,10 @@ def register_clients(
     app: Flask, specs: dict[str, ProviderSpec], timeout: int
 ) -> dict[str, ProviderClient]:
     """Register each provider with a fresh ``authlib.integrations.flask_client.OAuth``."""
+    if not specs:
+        return {}
+    from authlib.integrations.flask_client import OAuth  # lazily: see _transport_errors
+
     oauth = OAuth(app)
     clients: dict[str, ProviderClient] = {}
     for name, spec in specs.items():

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from .. import accounts
-from ..context import db_session
+from ..context import db_session, services
 from ..oauth.protector import BearerChallenge, authenticate_bearer
 from ..oauth.server import authorization_server
+from ..roles import read_card
 
 bp = Blueprint("oauth", __name__, url_prefix="/oauth")
 
@@ -36,18 +36,17 @@ def userinfo() -> Response:
         return _challenge(challenge)
     if not claims.is_user_token:
         return _challenge(BearerChallenge(401, "invalid_token", "not a user's token"))
-    found = accounts.user_with_roles(db_session(), claims["sub"])
-    if found is None or not found[0].is_active:
+    card = read_card(db_session(), services().role_cache, claims["sub"])
+    if card is None:
         return _challenge(BearerChallenge(401, "invalid_token", "the user no longer exists"))
-    user, roles = found
     scopes = set(claims.get_scope().split())
-    body: dict[str, object] = {"sub": str(user.id)}
+    body: dict[str, object] = {"sub": str(card.user_id)}
     if "email" in scopes:
-        body["email"] = user.login
+        body["email"] = card.login
         body["email_verified"] = False
     if "profile" in scopes:
-        body["preferred_username"] = user.login
-        body["roles"] = roles
+        body["preferred_username"] = card.login
+        body["roles"] = list(card.roles)
     response = jsonify(body)
     response.headers["Cache-Control"] = "no-store"
     return response
