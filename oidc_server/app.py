@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from flask import Flask
+from flask import Flask, Request
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import api, context, cors, observability, security_headers, social
@@ -15,11 +16,26 @@ from .tokens.store import TokenStore
 from .web import errors, health, oauth, pages, wellknown
 
 
+class LazyCookieSessions(SecureCookieSessionInterface):
+    """Flask's cookie sessions, minus the signer Flask builds on every request to read one.
+
+    Nothing of ours keeps state in Flask's session (single-use state lives in the token
+    store), so almost no request carries the cookie; building the signer anyway cost about
+    5% of an API request's CPU.
+    """
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        if not request.cookies.get(self.get_cookie_name(app)):
+            return self.session_class()
+        return super().open_session(app, request)
+
+
 def create_app(settings: Settings | None = None, store: TokenStore | None = None) -> Flask:
     """Build an app from ``settings`` (default: the environment). Creates the first key if none."""
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level)
     app = Flask(__name__, instance_path=settings.instance_dir)
+    app.session_interface = LazyCookieSessions()
     app.config.update(
         SECRET_KEY=settings.secret_key,
         MAX_CONTENT_LENGTH=settings.max_content_length,
