@@ -1,8 +1,6 @@
 // Bounded loopback load, one scenario: node load.mjs SPEC_FILE (a JSON file)
-// SPEC: {url, method, seconds, connections, headers?, body?, bodies?: [..], rate?}; with `bodies`,
-// each request takes the next one and the run stops when they are used up (single-use tokens);
-// with `rate`, the connections together send that many requests a second (open loop) instead of
-// each sending its next request as soon as the last is answered.
+// SPEC: {url, method, seconds, connections, headers?, body?, bodies?: [..]}; with `bodies`, each
+// request takes the next one and the run stops when they are used up (single-use tokens).
 import autocannon from 'autocannon';
 
 import fs from 'node:fs';
@@ -16,7 +14,6 @@ const options = {
   headers: spec.headers || {},
   body: spec.body,
 };
-if (spec.rate) options.overallRate = spec.rate;
 if (spec.bodies) {
   let next = 0;
   options.amount = spec.bodies.length;

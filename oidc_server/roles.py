@@ -469,7 +469,8 @@ def read_card(session: Session, cache: RoleCache, user_id: str | uuid.UUID) -> A
     if not rows:
         return None
     login, has_password, created_at, _ = rows[0]
-    card = AccountCard(key, login, has_password, created_at, tuple(r[3] for r in rows if r[3]))
+    roles = tuple(row[3] for row in rows if row[3])
+    card = AccountCard(key, login, bool(has_password), created_at, roles)
     if cached is not _ALWAYS_MISS:
         # Answered from the database either way; a failed fill is retried by the next read.
         with contextlib.suppress(StoreUnavailable):

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from oidc_server import roles as domain
-from oidc_server.accounts import get_user
+from oidc_server.accounts import create_user, get_user
 from oidc_server.lifecycle import erase_user
 from oidc_server.roles import AccountCard, Miss, RoleAdmin, read_card
 
@@ -128,3 +128,13 @@ def test_with_redis_down_the_card_comes_from_the_database(services: Any) -> None
     grant(services, cache_of(services), user_id, "moderator")
     card = card_of(services, dead_redis_cache(), user_id)
     assert card is not None and card.roles == ("moderator",)
+
+
+def test_an_account_without_a_password_says_so_on_its_card(
+    services: Any, cache: domain.RoleCache
+) -> None:
+    with services.db.session() as session:
+        user_id = create_user(session, services.hasher, "social-only@example.com", None).id
+    for _ in range(2):  # from the database, then from the cache
+        card = card_of(services, cache, user_id)
+        assert card is not None and card.has_password is False
