@@ -13,7 +13,8 @@ The same cache holds each user's account card (``AccountCard``: login, created_a
 there is a password, role names), which introspection, userinfo, refresh and ``/users/me``
 read instead of the database. It shares the entry's generation counter, so every change that
 invalidates a user's roles drops the card too; a role rename invalidates every holder, because
-the card has role names where the set has ids.
+the card has role names where the set has ids. Only active users get a card: whatever some
+day deactivates a user must invalidate their entries as erasure does.
 
 Why the cache is never stale across processes: next to each user's entry is a generation
 counter. A reader that misses notes the generation, reads the database, and stores what it
@@ -370,9 +371,15 @@ class RedisRoleCache(RoleCache):
         if not self.enabled:
             return _ALWAYS_MISS
         found, value = self._lookup_card(keys=self._card_keys(user_id))
-        if found == 1:
+        if found != 1:
+            return Miss(value)
+        try:
             return AccountCard.from_json(user_id, value)
-        return Miss(value)
+        except (ValueError, TypeError):
+            # A card in another shape (written by another release during a rolling deploy):
+            # answer from the database without replacing it; it expires by its TTL.
+            log.warning("unreadable account card in the role cache", extra={"user_id": user_id})
+            return _ALWAYS_MISS
 
     @_redis_errors
     def fill_card(self, card: AccountCard, miss: Miss) -> bool:

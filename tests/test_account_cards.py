@@ -138,3 +138,14 @@ def test_an_account_without_a_password_says_so_on_its_card(
     for _ in range(2):  # from the database, then from the cache
         card = card_of(services, cache, user_id)
         assert card is not None and card.has_password is False
+
+
+def test_a_card_in_another_shape_is_read_from_the_database_instead(
+    services: Any, cache: domain.RoleCache
+) -> None:
+    if not cache.enabled:
+        pytest.skip("only the Redis cache stores cards")
+    user_id = new_user(services, "oldshape@example.com")
+    services.store.redis.set(f"oidc:card:{{{user_id}}}", '{"written": "by another release"}')
+    card = card_of(services, cache, user_id)
+    assert card is not None and card.login == "oldshape@example.com"

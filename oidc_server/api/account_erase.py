@@ -86,7 +86,7 @@ def erase_me(args: dict[str, Any]) -> None:
         lifecycle.erase_user(
             session,
             svc.store,
-            services().role_cache,
+            svc.role_cache,
             user.id,
             actor=token["client_id"],
             initiated_by="user",
