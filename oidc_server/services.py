@@ -8,7 +8,7 @@ from .clients import ClientCache
 from .config import Settings
 from .db import Database
 from .keys import KeyRing
-from .roles import RoleCache, role_cache_for
+from .roles import RoleCache, RoleChecker, role_cache_for
 from .security import PasswordHasher
 from .tokens.access_tokens import AccessTokenCodec
 from .tokens.memory_store import MemoryTokenStore
@@ -27,6 +27,8 @@ class Services:
     hasher: PasswordHasher
     #: Users' role ids and account cards, in Redis when the token store is Redis.
     role_cache: RoleCache
+    #: The one-call "does this user hold this role" check, reading ``role_cache``.
+    role_checker: RoleChecker
     client_cache: ClientCache = field(default_factory=ClientCache)
 
     @classmethod
@@ -45,9 +47,11 @@ class Services:
             ttl=settings.access_token_ttl,
         )
         redis_client = store.redis if isinstance(store, RedisTokenStore) else None
+        db = Database(settings.resolved_database_url)
+        role_cache = role_cache_for(redis_client, settings.roles_cache_ttl)
         return cls(
             settings=settings,
-            db=Database(settings.resolved_database_url),
+            db=db,
             store=store,
             keyring=keyring,
             tokens=TokenService(store, codec, settings.refresh_token_ttl),
@@ -56,5 +60,6 @@ class Services:
                 memory_cost=settings.password_hash_memory_cost,
                 parallelism=settings.password_hash_parallelism,
             ),
-            role_cache=role_cache_for(redis_client, settings.roles_cache_ttl),
+            role_cache=role_cache,
+            role_checker=RoleChecker(db.sessions, role_cache),
         )

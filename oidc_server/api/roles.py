@@ -91,21 +91,9 @@ def _fail(exc: domain.RoleError) -> NoReturn:
     abort(status, exc.code, exc.message)
 
 
-def _cache() -> domain.RoleCache:
-    return services().role_cache
-
-
-def _checker() -> domain.RoleChecker:
-    checker = current_app.extensions.get("roles.checker")
-    if checker is None:
-        checker = domain.RoleChecker(services().db.sessions, _cache())
-        current_app.extensions["roles.checker"] = checker
-    return checker
-
-
 def _admin() -> domain.RoleAdmin:
     """Changes made by the calling machine client, audited under its client id."""
-    return domain.RoleAdmin(db_session(), _cache(), actor=current_token()["client_id"])
+    return domain.RoleAdmin(db_session(), services().role_cache, actor=current_token()["client_id"])
 
 
 def _errors(*statuses: int) -> Any:
@@ -234,7 +222,7 @@ def check_user_role(user_id: uuid.UUID, role_id: uuid.UUID) -> Any:
     per-address rate limit: its callers are authenticated services, often many requests
     behind one address.
     """
-    held = _checker().has_role(user_id, role_id)
+    held = services().role_checker.has_role(user_id, role_id)
     # No body and Content-Length: 0 (there is no GET to mirror), so that clients which read a
     # response by its length, HEAD or not, never wait for bytes that are not coming.
     response = current_app.response_class(status=200 if held else 404)

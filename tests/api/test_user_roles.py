@@ -233,6 +233,36 @@ def test_users_me_shows_a_change_at_once_with_the_same_token(
     assert client.get("/api/v1/users/me", headers=own).json["roles"] == []
 
 
+def test_refresh_and_userinfo_follow_a_change_after_they_have_read_the_user(
+    client: FlaskClient, headers: dict[str, str], user: User, services: Any
+) -> None:
+    """Both read the cached account card: a grant made after that read must still show."""
+
+    def refreshed(refresh_token: str) -> dict[str, Any]:
+        form = {"grant_type": "refresh_token", "client_id": "cinema-app"}
+        response = client.post("/oauth/token", data={**form, "refresh_token": refresh_token})
+        assert response.status_code == 200
+        return response.json
+
+    def userinfo_roles(access_token: str) -> list[str]:
+        response = client.get(
+            "/oauth/userinfo", headers={"Authorization": f"Bearer {access_token}"}
+        )
+        assert response.status_code == 200
+        return response.json["roles"]
+
+    tokens = refreshed(password_login(client, scope="openid profile").json["refresh_token"])
+    assert roles_claim(services, tokens["access_token"]) == []
+    assert userinfo_roles(tokens["access_token"]) == []
+
+    client.post(assignment_path(user.id, role_id(services, "moderator")), headers=headers)
+
+    assert userinfo_roles(tokens["access_token"]) == ["moderator"]
+    assert roles_claim(services, refreshed(tokens["refresh_token"])["access_token"]) == [
+        "moderator"
+    ]
+
+
 def test_a_revoked_role_leaves_the_next_token_and_introspection_at_once(
     client: FlaskClient,
     machine: MachineClient,
