@@ -8,6 +8,7 @@ The claims about the person depend on the granted scopes exactly as /oauth/useri
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -23,17 +24,19 @@ from ..tokens.access_tokens import _unverified_header
 AMR = {"password": ["pwd"], "google": ["fed"], "yandex": ["fed"]}
 
 
-def user_claims(user: User, scopes: Iterable[str], roles: list[str]) -> dict[str, Any]:
-    """Claims about ``user`` that ``scopes`` allow, as /oauth/userinfo answers them."""
+def user_claims(
+    user_id: uuid.UUID, login: str, scopes: Iterable[str], roles: Iterable[str]
+) -> dict[str, Any]:
+    """Claims about a user that ``scopes`` allow: in ID tokens, and what /oauth/userinfo answers."""
     granted = set(scopes)
-    claims: dict[str, Any] = {"sub": str(user.id)}
+    claims: dict[str, Any] = {"sub": str(user_id)}
     if "email" in granted:
-        claims["email"] = user.login
+        claims["email"] = login
         # Registration does not prove ownership of the address, so we never claim it.
         claims["email_verified"] = False
     if "profile" in granted:
-        claims["preferred_username"] = user.login
-        claims["roles"] = roles
+        claims["preferred_username"] = login
+        claims["roles"] = list(roles)
     return claims
 
 
@@ -80,7 +83,7 @@ class IdTokenIssuer:
         if access_token:
             at_hash = create_half_hash(access_token, "RS256")
             claims["at_hash"] = at_hash.decode("ascii") if at_hash else None
-        claims.update(user_claims(user, scope.split(), roles))
+        claims.update(user_claims(user.id, user.login, scope.split(), roles))
         key = self.keyring.current
         header = {"alg": "RS256", "typ": "JWT", "kid": key.kid}
         return jwt.encode(header, claims, key.key, algorithms=["RS256"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify
 
 from ..context import db_session, services
+from ..oauth.id_tokens import user_claims
 from ..oauth.protector import BearerChallenge, authenticate_bearer
 from ..oauth.server import authorization_server
 from ..roles import read_card
@@ -39,15 +40,9 @@ def userinfo() -> Response:
     card = read_card(db_session(), services().role_cache, claims["sub"])
     if card is None:
         return _challenge(BearerChallenge(401, "invalid_token", "the user no longer exists"))
-    scopes = set(claims.get_scope().split())
-    body: dict[str, object] = {"sub": str(card.user_id)}
-    if "email" in scopes:
-        body["email"] = card.login
-        body["email_verified"] = False
-    if "profile" in scopes:
-        body["preferred_username"] = card.login
-        body["roles"] = list(card.roles)
-    response = jsonify(body)
+    response = jsonify(
+        user_claims(card.user_id, card.login, claims.get_scope().split(), card.roles)
+    )
     response.headers["Cache-Control"] = "no-store"
     return response
 
