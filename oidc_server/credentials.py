@@ -1,4 +1,4 @@
-"""Self-service passwords: registering with one and changing it, under the password policy."""
+"""Passwords: registering with one, signing in with it (under the backoff), changing it."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import logging
 
 from sqlalchemy.orm import Session
 
-from .accounts import AccountError, create_user, normalise_login
+from .accounts import AccountError, authenticate, create_user, find_user_by_login, normalise_login
+from .history import record_login
 from .login_backoff import LoginBackoff
 from .models import User
 from .passwords_policy import check_password
@@ -37,6 +38,48 @@ def register(session: Session, hasher: PasswordHasher, login: str, password: str
     normalised = normalise_login(login)
     check_password(password, normalised)
     return create_user(session, hasher, normalised, password)
+
+
+def sign_in_with_password(
+    session: Session,
+    hasher: PasswordHasher,
+    backoff: LoginBackoff | None,
+    login: str,
+    password: str,
+    *,
+    user_agent: str,
+    ip: str,
+) -> User | None:
+    """One password sign-in attempt: the account's backoff, the check, a failure's history.
+
+    Raises ``TooManyAttempts`` while the backoff holds, before the password is checked and for
+    unknown logins alike (no enumeration). None for an unknown login, a wrong password and a
+    disabled account alike; a failure against an existing account is recorded and committed.
+    On success the caller records the sign-in with the session it starts.
+    """
+    if backoff is not None:
+        wait = backoff.wait_before_attempt(login)
+        if wait:
+            raise TooManyAttempts(wait)
+    user = authenticate(session, hasher, login, password)
+    if user is None:
+        if backoff is not None:
+            backoff.record_failure(login)
+        known = find_user_by_login(session, login)
+        if known is not None:
+            record_login(
+                session,
+                user_id=known.id,
+                method="password",
+                success=False,
+                user_agent=user_agent,
+                ip=ip,
+            )
+            session.commit()
+        return None
+    if backoff is not None:
+        backoff.record_success(login)
+    return user
 
 
 def confirm_password(

@@ -20,7 +20,8 @@ from werkzeug.exceptions import TooManyRequests
 
 from .. import accounts, observability
 from ..context import client_ip, db_session, services, user_agent
-from ..history import record_login, record_then_start
+from ..credentials import TooManyAttempts, sign_in_with_password
+from ..history import record_then_start
 from ..models import User
 from ..passwords_policy import MAX_LENGTH as PASSWORD_MAX_LENGTH
 from ..ratelimit import login_backoff
@@ -87,35 +88,23 @@ class PasswordGrant(grants.ResourceOwnerPasswordCredentialsGrant):
         self.request.user = self.authenticate_user(username, password)
 
     def authenticate_user(self, username: str, password: str) -> User:
-        session = db_session()
-        svc = services()
-        backoff = login_backoff()
-        if backoff is not None:
-            # Checked before the password, and for unknown logins alike (no enumeration).
-            wait = backoff.wait_before_attempt(username)
-            if wait:
-                observability.rate_limited()
-                raise LoginThrottled(wait)
-        user = accounts.authenticate(session, svc.hasher, username, password)
+        try:
+            user = sign_in_with_password(
+                db_session(),
+                services().hasher,
+                login_backoff(),
+                username,
+                password,
+                user_agent=user_agent(),
+                ip=client_ip(),
+            )
+        except TooManyAttempts as throttled:
+            observability.rate_limited()
+            raise LoginThrottled(throttled.retry_after) from None
         if user is None:
-            if backoff is not None:
-                backoff.record_failure(username)
-            known = accounts.find_user_by_login(session, username)
-            if known is not None:
-                record_login(
-                    session,
-                    user_id=known.id,
-                    method=self.LOGIN_METHOD,
-                    success=False,
-                    user_agent=user_agent(),
-                    ip=client_ip(),
-                )
-                session.commit()
             # One answer for an unknown login, a wrong password and a disabled account.
             observability.login_failed()
             raise InvalidGrantError("Invalid username or password.")
-        if backoff is not None:
-            backoff.record_success(username)
         return user
 
     def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:

@@ -51,10 +51,11 @@ from flask import (
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from werkzeug.datastructures import MultiDict
 
-from .. import accounts, consent
+from .. import accounts, consent, observability
 from ..clients import RegisteredClient
 from ..context import client_ip, db_session, services, user_agent
-from ..history import record_login, record_then_start
+from ..credentials import TooManyAttempts, sign_in_with_password
+from ..history import record_then_start
 from ..models import User
 from ..oauth.authorization_code import Approval, AuthorizationRequest
 from ..oauth.browser_sessions import BrowserSessions
@@ -478,38 +479,31 @@ def login_submit() -> Response:
             400, next_path=next_path, login_hint=email, error="Enter your email and password."
         )
     session = db_session()
-    backoff = login_backoff()
-    if backoff is not None:
-        wait = backoff.wait_before_attempt(email)
-        if wait:
-            response = _login_form(
-                429,
-                next_path=next_path,
-                login_hint=email,
-                error=f"Too many failed attempts. Try again in {wait} seconds.",
-            )
-            response.headers["Retry-After"] = str(wait)
-            return response
-    user = accounts.authenticate(session, services().hasher, email, password)
+    try:
+        user = sign_in_with_password(
+            session,
+            services().hasher,
+            login_backoff(),
+            email,
+            password,
+            user_agent=user_agent(),
+            ip=client_ip(),
+        )
+    except TooManyAttempts as throttled:
+        observability.rate_limited()
+        response = _login_form(
+            429,
+            next_path=next_path,
+            login_hint=email,
+            error=f"Too many failed attempts. Try again in {throttled.retry_after} seconds.",
+        )
+        response.headers["Retry-After"] = str(throttled.retry_after)
+        return response
     if user is None:
-        if backoff is not None:
-            backoff.record_failure(email)
-        known = accounts.find_user_by_login(session, email)
-        if known is not None:
-            record_login(
-                session,
-                user_id=known.id,
-                method="password",
-                success=False,
-                user_agent=user_agent(),
-                ip=client_ip(),
-            )
-            session.commit()
+        observability.login_failed()
         return _login_form(
             401, next_path=next_path, login_hint=email, error="The email or password is not right."
         )
-    if backoff is not None:
-        backoff.record_success(email)
     client_id = _client_of_next(next_path)
     # History first, then the session (see record_then_start); the commit also keeps a
     # password rehash done while authenticating.

@@ -16,6 +16,7 @@ from oidc_server.tokens.store import TokenStore
 from ..conftest import PASSWORD
 from ..support.accounts import FakeClock, throttled_app
 from ..support.op import hidden_fields
+from ..test_observability import metric
 
 GENEROUS = "1000 per minute"
 WRONG = "wrong guess"
@@ -113,10 +114,15 @@ def test_repeated_wrong_passwords_make_even_the_right_one_wait(
         clock = FakeClock()
         app.extensions["login_backoff"].clock = clock
         client = app.test_client()
+        failures = metric("oidc_login_failures_total", method="password")
+        limited = metric("oidc_rate_limited_total", route="/login")
         for _ in range(3):
             assert form_login(client, WRONG).status_code == 401
+        # Counted as the password grant and /api/v1/auth/login count theirs.
+        assert metric("oidc_login_failures_total", method="password") == failures + 3
         rows_before = len(history(app))
         refused = form_login(client)
+        assert metric("oidc_rate_limited_total", route="/login") == limited + 1
         # The page's own answer: the form again, with the wait, and no session cookie.
         assert refused.status_code == 429
         assert refused.mimetype == "text/html"
