@@ -30,6 +30,7 @@ from ..tokens.service import (
     LoginContext,
     RefreshTokenInvalid,
     RefreshTokenReused,
+    RefreshTokenScopeExceeded,
 )
 
 log = logging.getLogger(__name__)
@@ -141,24 +142,30 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
 
     def validate_token_request(self) -> None:
         _single_valued(self.request, "refresh_token", "scope")
-        super().validate_token_request()
-
-    def authenticate_refresh_token(self, refresh_token: str) -> Any:
-        found = services().tokens.peek_refresh_token(refresh_token)
-        if found is None:
-            return None
-        record = found[0]
-        return _RefreshView(record.client_id, record.scope, record.user_id)
+        self.request.client = self._validate_request_client()
+        if self.request.form.get("refresh_token") is None:
+            raise InvalidRequestError("Missing 'refresh_token' in request.")
 
     def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
         tokens = services().tokens
         presented = self.request.form["refresh_token"]
-        # The token was looked up while validating; only the rotation below decides.
-        card = read_card(db_session(), services().role_cache, self.request.refresh_token.user_id)
+        user_id = tokens.refresh_token_user(presented)
+        # The user's roles (and that the account is still enabled) are read before the token
+        # is spent: a database that is down or slow must not cost the client its token.
+        card = None if user_id is None else read_card(db_session(), services().role_cache, user_id)
         if card is None:
             raise InvalidGrantError("The refresh token is not valid.")
+        # Authlib would read the token and check its client and scope before having it spent:
+        # the store does all of that in one atomic step (TokenStore.rotate_refresh_token).
         try:
-            token, _ = tokens.refresh(presented, self.request.payload.scope, list(card.roles))
+            spent = tokens.spend_refresh_token(
+                presented,
+                self.request.client.get_client_id(),
+                user_id,
+                self.request.payload.scope,
+            )
+        except RefreshTokenScopeExceeded:
+            raise InvalidScopeError() from None
         except RefreshTokenReused as reused:
             observability.refresh_reuse_detected()
             log.warning(
@@ -168,23 +175,9 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
             raise InvalidGrantError("The refresh token is not valid.") from None
         except RefreshTokenInvalid:
             raise InvalidGrantError("The refresh token is not valid.") from None
+        token = tokens.issue_after_refresh(spent, list(card.roles))
         observability.tokens_issued(self.GRANT_TYPE)
         return 200, token, self.TOKEN_RESPONSE_HEADER
-
-
-class _RefreshView:
-    """What Authlib's refresh grant checks before ours rotates the token."""
-
-    def __init__(self, client_id: str, scope: str, user_id: str) -> None:
-        self.client_id = client_id
-        self.scope = scope
-        self.user_id = user_id
-
-    def check_client(self, client: Any) -> bool:
-        return client.get_client_id() == self.client_id
-
-    def get_scope(self) -> str:
-        return self.scope
 
 
 class ClientCredentialsGrant(grants.ClientCredentialsGrant):

@@ -91,7 +91,16 @@ class MemoryTokenStore(TokenStore):
             return None if entry is None else (entry[0], entry[1])
 
     def rotate_refresh_token(
-        self, sid: str, old_hash: str, new_hash: str, now: int, ttl: int
+        self,
+        sid: str,
+        old_hash: str,
+        new_hash: str,
+        now: int,
+        ttl: int,
+        *,
+        client_id: str | None = None,
+        user_id: str | None = None,
+        scope: list[str] | None = None,
     ) -> RotateResult:
         with self._lock:
             self._tick()
@@ -100,6 +109,12 @@ class MemoryTokenStore(TokenStore):
             if session is None or entry is None:
                 return RotateResult(RotateOutcome.INVALID)
             record, spent = entry
+            if client_id is not None and record.client_id != client_id:
+                return RotateResult(RotateOutcome.INVALID)
+            if user_id is not None and record.user_id != user_id:
+                return RotateResult(RotateOutcome.INVALID)
+            if scope and not set(scope) <= set(record.scope.split()):
+                return RotateResult(RotateOutcome.SCOPE_EXCEEDED)
             if spent:
                 self._sessions.pop(sid)
                 return RotateResult(RotateOutcome.REUSED, record)

@@ -30,13 +30,32 @@ GENERATION_TTL = 7 * 24 * 3600
 P = ParamSpec("P")
 R = TypeVar("R")
 
-# KEYS: session, old refresh token, new refresh token. ARGV: now, ttl.
+# KEYS: session, old refresh token, new refresh token.
+# ARGV: now, ttl, the presenting client's id and the token's claimed user ('' for any), then
+# the scopes asked for (if any). The token endpoint's checks run here, before the token is
+# spent, so that a refresh needs no separate read of the token (RFC 6749 §6: another client's
+# token, or a scope beyond the grant, is refused and spends nothing).
 # Spent tokens keep their own TTL so reuse is recognised for as long as they could have lived.
+# The session's ``index_until`` says how long the user's session index is known to live. When
+# less than 1.5 TTLs are left, the caller lengthens the index (another slot, so not here) to
+# two TTLs: that round trip is then spared on all refreshes but about one per half TTL, and the
+# half TTL of slack covers clock skew between the app nodes that wrote and read the mark.
 _ROTATE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'invalid'} end
 local rec = redis.call('HGETALL', KEYS[2])
 if #rec == 0 then return {'invalid'} end
-if redis.call('HGET', KEYS[2], 'spent') == '1' then
+local field = {}
+for i = 1, #rec, 2 do field[rec[i]] = rec[i + 1] end
+if ARGV[3] ~= '' and field['client_id'] ~= ARGV[3] then return {'invalid'} end
+if ARGV[4] ~= '' and field['user_id'] ~= ARGV[4] then return {'invalid'} end
+if #ARGV > 4 then
+  local granted = {}
+  for s in string.gmatch(field['scope'] or '', '%S+') do granted[s] = true end
+  for i = 5, #ARGV do
+    if not granted[ARGV[i]] then return {'scope_exceeded'} end
+  end
+end
+if field['spent'] == '1' then
   redis.call('DEL', KEYS[1])
   return {'reused', unpack(rec)}
 end
@@ -48,8 +67,14 @@ redis.call('HSET', KEYS[3], 'issued_at', now, 'expires_at', now + ttl, 'spent', 
 redis.call('EXPIRE', KEYS[3], ttl)
 redis.call('HSET', KEYS[1], 'last_used_at', now)
 redis.call('EXPIRE', KEYS[1], ttl)
+local extend_index = '0'
+local index_until = tonumber(redis.call('HGET', KEYS[1], 'index_until') or '0')
+if index_until < now + ttl + math.floor(ttl / 2) then
+  redis.call('HSET', KEYS[1], 'index_until', now + 2 * ttl)
+  extend_index = '1'
+end
 -- The record, then the touched session: callers need no second round trip for it.
-local out = {'rotated', tostring(#rec)}
+local out = {'rotated', extend_index, tostring(#rec)}
 for i = 1, #rec do out[#out + 1] = rec[i] end
 local session = redis.call('HGETALL', KEYS[1])
 for i = 1, #session do out[#out + 1] = session[i] end
@@ -150,7 +175,9 @@ class RedisTokenStore(TokenStore):
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(refresh_key, mapping={**refresh.to_fields(), "spent": "0"})
         pipe.expire(refresh_key, ttl)
-        pipe.hset(session_key, mapping=session.to_fields())
+        # index_until: the index lives at least as long as this session (see _ROTATE).
+        index_until = str(session.created_at + ttl)
+        pipe.hset(session_key, mapping={**session.to_fields(), "index_until": index_until})
         pipe.expire(session_key, ttl)
         pipe.zadd(index_key, {session.sid: session.created_at})
         # Only ever lengthen the index's life: a login with a shorter TTL (REFRESH_TOKEN_TTL
@@ -173,25 +200,36 @@ class RedisTokenStore(TokenStore):
 
     @_fail_closed
     def rotate_refresh_token(
-        self, sid: str, old_hash: str, new_hash: str, now: int, ttl: int
+        self,
+        sid: str,
+        old_hash: str,
+        new_hash: str,
+        now: int,
+        ttl: int,
+        *,
+        client_id: str | None = None,
+        user_id: str | None = None,
+        scope: list[str] | None = None,
     ) -> RotateResult:
         keys = [
             self._session_key(sid),
             self._refresh_key(sid, old_hash),
             self._refresh_key(sid, new_hash),
         ]
-        reply = self._rotate(keys=keys, args=[now, ttl])
+        checks = [client_id or "", user_id or "", *(scope or ())]
+        reply = self._rotate(keys=keys, args=[now, ttl, *checks])
         outcome = RotateOutcome(reply[0].decode())
-        if outcome is RotateOutcome.INVALID:
+        if outcome in (RotateOutcome.INVALID, RotateOutcome.SCOPE_EXCEEDED):
             return RotateResult(outcome)
         if outcome is RotateOutcome.REUSED:
             record = RefreshRecord.from_fields(_pairs(reply[1:]))
             self.redis.zrem(self._user_sessions_key(record.user_id), sid)
             return RotateResult(outcome, record)
-        size = int(reply[1])
-        record = RefreshRecord.from_fields(_pairs(reply[2 : 2 + size]))
-        session = SessionRecord.from_fields(_pairs(reply[2 + size :]))
-        self.redis.expire(self._user_sessions_key(record.user_id), ttl, gt=True)
+        extend_index, size = reply[1] == b"1", int(reply[2])
+        record = RefreshRecord.from_fields(_pairs(reply[3 : 3 + size]))
+        session = SessionRecord.from_fields(_pairs(reply[3 + size :]))
+        if extend_index:
+            self.redis.expire(self._user_sessions_key(record.user_id), 2 * ttl, gt=True)
         return RotateResult(outcome, record, session)
 
     @_fail_closed

@@ -1,8 +1,10 @@
 """Issuing, refreshing, revoking and introspecting tokens, independent of HTTP.
 
-Refresh tokens are ``<sid>.<256 random bits>``: opaque to clients, stored only as a SHA-256
-digest, and carrying their session id so the store finds the session (and its Redis hash
-slot) without a lookup.
+Refresh tokens are ``<sid>.<256 random bits>.<user id>``: opaque to clients, stored only as a
+SHA-256 digest, and carrying their session id so the store finds the session (and its Redis
+hash slot) without a lookup, and their user so that a refresh can read the user's roles
+before it spends the token without first reading the token (the store checks the claim).
+Tokens issued before the user id was added (``<sid>.<random>``) are still accepted.
 """
 
 from __future__ import annotations
@@ -23,12 +25,27 @@ class RefreshTokenInvalid(Exception):
     """Unknown, expired, spent or of an ended session."""
 
 
+class RefreshTokenScopeExceeded(Exception):
+    """A refresh asked for scope the token was not granted (RFC 6749 §6); nothing was spent."""
+
+
 class RefreshTokenReused(RefreshTokenInvalid):
     """A spent token came back: its session has been ended (RFC 9700 §4.14.2)."""
 
     def __init__(self, record: RefreshRecord) -> None:
         super().__init__("refresh token reused")
         self.record = record
+
+
+@dataclass(frozen=True)
+class SpentRefreshToken:
+    """A refresh token just spent, and what its successor's token response is made of."""
+
+    record: RefreshRecord
+    session: SessionRecord | None
+    successor: str
+    #: What the new access token carries: the scope asked for, or the token's whole grant.
+    scope: str
 
 
 @dataclass(frozen=True)
@@ -49,6 +66,10 @@ def new_session_id() -> str:
     return secrets.token_urlsafe(16)
 
 
+def _refresh_token(sid: str, user_id: str) -> str:
+    return f"{sid}.{secrets.token_urlsafe(32)}.{user_id}"
+
+
 def split_refresh_token(token: str) -> tuple[str, str] | None:
     # Ours are ASCII; anything else (a lone surrogate cannot even be hashed) is not one.
     if not isinstance(token, str) or len(token) > 256 or not token.isascii():
@@ -57,6 +78,12 @@ def split_refresh_token(token: str) -> tuple[str, str] | None:
     if not dot or not sid or not _secret:
         return None
     return sid, hash_token(token)
+
+
+def claimed_user_id(refresh_token: str) -> str | None:
+    """The user id a refresh token names, unverified (the store checks it); None if none."""
+    parts = refresh_token.split(".")
+    return parts[2] if len(parts) == 3 and parts[2] else None
 
 
 class TokenService:
@@ -93,7 +120,7 @@ class TokenService:
             user_agent=login.user_agent[:512],
             ip=login.ip[:64],
         )
-        refresh_token = f"{sid}.{secrets.token_urlsafe(32)}"
+        refresh_token = _refresh_token(sid, login.user_id)
         record = RefreshRecord(
             sid=sid,
             user_id=login.user_id,
@@ -123,38 +150,70 @@ class TokenService:
         parts = split_refresh_token(refresh_token)
         return None if parts is None else self.store.peek_refresh_token(*parts)
 
-    def refresh(
-        self, refresh_token: str, scope: str | None, roles: list[str]
-    ) -> tuple[dict[str, Any], RefreshRecord]:
-        """Spend ``refresh_token`` and issue its successor with a new access token.
+    def refresh_token_user(self, refresh_token: str) -> str | None:
+        """The user a refresh token claims to be for (not yet verified); None if unknown.
 
-        ``scope`` may narrow the access token; the refresh token keeps the original grant.
+        Named in the token, or, for a token issued before that, read from the store.
+        """
+        if split_refresh_token(refresh_token) is None:
+            return None
+        claimed = claimed_user_id(refresh_token)
+        if claimed is not None:
+            return claimed
+        found = self.peek_refresh_token(refresh_token)
+        return None if found is None else found[0].user_id
+
+    def spend_refresh_token(
+        self, refresh_token: str, client_id: str, user_id: str, scope: str | None
+    ) -> SpentRefreshToken:
+        """Spend ``refresh_token`` and store its successor, in one step.
+
+        The token must be ``client_id``'s, for ``user_id`` (``refresh_token_user``). ``scope``
+        may narrow the next access token; the refresh token keeps the original grant.
+        Raises ``RefreshTokenInvalid`` (unknown, another client's or user's, session ended),
+        ``RefreshTokenScopeExceeded`` (scope beyond the grant; nothing spent) or
+        ``RefreshTokenReused`` (already spent: the session has been ended).
         """
         parts = split_refresh_token(refresh_token)
         if parts is None:
             raise RefreshTokenInvalid("malformed refresh token")
         sid, old_hash = parts
-        successor = f"{sid}.{secrets.token_urlsafe(32)}"
-        now = int(self._clock())
+        successor = _refresh_token(sid, user_id)
         result = self.store.rotate_refresh_token(
-            sid, old_hash, hash_token(successor), now, self.refresh_token_ttl
+            sid,
+            old_hash,
+            hash_token(successor),
+            int(self._clock()),
+            self.refresh_token_ttl,
+            client_id=client_id,
+            user_id=user_id,
+            scope=scope.split() if scope else None,
         )
         if result.outcome is RotateOutcome.REUSED:
             assert result.record is not None
             raise RefreshTokenReused(result.record)
-        if result.outcome is RotateOutcome.INVALID or result.record is None:
+        if result.outcome is RotateOutcome.SCOPE_EXCEEDED:
+            raise RefreshTokenScopeExceeded("scope beyond the refresh token's grant")
+        if result.outcome is not RotateOutcome.ROTATED or result.record is None:
             raise RefreshTokenInvalid("refresh token is not valid")
-        record = result.record
-        session = result.session
-        access_token, _ = self.codec.issue(
-            subject=record.user_id,
-            client_id=record.client_id,
-            scope=scope or record.scope,
-            session_id=sid,
-            roles=roles,
-            auth_time=session.auth_time if session else None,
+        return SpentRefreshToken(
+            record=result.record,
+            session=result.session,
+            successor=successor,
+            scope=scope or result.record.scope,
         )
-        return self._response(access_token, scope or record.scope, successor), record
+
+    def issue_after_refresh(self, spent: SpentRefreshToken, roles: list[str]) -> dict[str, Any]:
+        """The token response for a spent refresh token: a new access token and the successor."""
+        access_token, _ = self.codec.issue(
+            subject=spent.record.user_id,
+            client_id=spent.record.client_id,
+            scope=spent.scope,
+            session_id=spent.record.sid,
+            roles=roles,
+            auth_time=spent.session.auth_time if spent.session else None,
+        )
+        return self._response(access_token, spent.scope, spent.successor)
 
     def _response(
         self, access_token: str, scope: str, refresh_token: str | None = None

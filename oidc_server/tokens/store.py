@@ -77,8 +77,10 @@ class RotateOutcome(enum.Enum):
     ROTATED = "rotated"
     #: The token was already spent: the session has been ended (reuse detection).
     REUSED = "reused"
-    #: Unknown, expired, or its session has ended.
+    #: Unknown, expired, of another client, or its session has ended.
     INVALID = "invalid"
+    #: More scope was asked for than the token was granted; the token is not spent.
+    SCOPE_EXCEEDED = "scope_exceeded"
 
 
 @dataclass(frozen=True)
@@ -114,11 +116,19 @@ class TokenStore(ABC):
         new_hash: str,
         now: int,
         ttl: int,
+        *,
+        client_id: str | None = None,
+        user_id: str | None = None,
+        scope: list[str] | None = None,
     ) -> RotateResult:
         """Atomically spend ``old_hash`` and store ``new_hash`` for the same session.
 
         Of any number of concurrent calls with the same ``old_hash`` exactly one rotates;
-        any later call finds it spent, ends the session and answers ``REUSED``.
+        any later call finds it spent, ends the session and answers ``REUSED``. The token
+        endpoint's checks happen in the same step, before anything is spent: a token of
+        another client than ``client_id`` or another user than ``user_id`` is ``INVALID``,
+        and asking for a ``scope`` the token was not granted is ``SCOPE_EXCEEDED`` (RFC 6749
+        §6); neither ends the session.
         """
 
     @abstractmethod

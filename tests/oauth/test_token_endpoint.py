@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import secrets
 import threading
+import time
+import uuid
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
 
 from oidc_server.models import User
+from oidc_server.security import hash_token
+from oidc_server.tokens.store import RefreshRecord, SessionRecord
 
 from ..conftest import MachineClient, bearer, make_client, password_login
 
@@ -242,6 +247,36 @@ def test_refresh_rotates_the_token(client: FlaskClient, user: User, services: An
     assert refresh(client, second.json["refresh_token"]).status_code == 200
 
 
+def test_a_refresh_token_names_its_user_and_a_forged_name_spends_nothing(
+    client: FlaskClient, user: User
+) -> None:
+    first = password_login(client).json
+    sid, secret, named = first["refresh_token"].split(".")
+    assert named == str(user.id)
+    forged = f"{sid}.{secret}.{uuid.uuid4()}"
+    token_error(refresh(client, forged), 400, "invalid_grant")
+    assert refresh(client, first["refresh_token"]).status_code == 200
+
+
+def test_a_refresh_token_from_before_it_named_its_user_still_refreshes(
+    client: FlaskClient, user: User, services: Any
+) -> None:
+    # What a session started by the previous release holds: "<sid>.<random>".
+    now = int(time.time())
+    sid = "legacy-session"
+    legacy = f"{sid}.{secrets.token_urlsafe(32)}"
+    services.tokens.store.start_session(
+        SessionRecord(sid, str(user.id), "cinema-app", now, now, now, "password"),
+        hash_token(legacy),
+        RefreshRecord(sid, str(user.id), "cinema-app", "openid", now, now + 600),
+        600,
+    )
+    renewed = refresh(client, legacy)
+    assert renewed.status_code == 200, renewed.json
+    assert renewed.json["refresh_token"].split(".")[0::2] == [sid, str(user.id)]
+    token_error(refresh(client, legacy), 400, "invalid_grant")  # spent: reuse
+
+
 def test_reusing_a_refresh_token_revokes_the_whole_session(
     client: FlaskClient, user: User, services: Any
 ) -> None:
@@ -265,6 +300,8 @@ def test_refresh_may_narrow_but_not_widen_scope(client: FlaskClient, user: User)
         400,
         "invalid_scope",
     )
+    # Refused before anything was spent: the token still refreshes, once.
+    assert refresh(client, narrowed.json["refresh_token"]).status_code == 200
 
 
 @pytest.mark.parametrize("token", ["", "garbage", "a.b", "x" * 300, "sid.secret.extra"])
@@ -289,6 +326,8 @@ def test_refresh_token_is_bound_to_its_client(
         headers=other.basic,
     )
     token_error(response, 400, "invalid_grant")
+    # Another client's attempt spends nothing and ends nothing: the owner still refreshes.
+    assert refresh(client, first["refresh_token"]).status_code == 200
 
 
 def test_refresh_of_a_disabled_user_fails(client: FlaskClient, user: User, services: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -91,6 +92,59 @@ def test_reusing_a_spent_token_ends_the_session(store: TokenStore) -> None:
     assert store.list_sessions("u1") == []
 
 
+def test_a_token_presented_by_another_client_is_invalid_and_stays_unspent(
+    store: TokenStore,
+) -> None:
+    store.start_session(session(), "h1", refresh(), ttl=60)
+    outcome = store.rotate_refresh_token("s1", "h1", "h2", 150, 60, client_id="intruder").outcome
+    assert outcome is RotateOutcome.INVALID
+    assert store.peek_refresh_token("s1", "h1") == (refresh(), False)
+    assert store.get_session("s1") is not None
+    rotated = store.rotate_refresh_token("s1", "h1", "h2", 150, 60, client_id="app")
+    assert rotated.outcome is RotateOutcome.ROTATED
+
+
+def test_a_token_claimed_for_another_user_is_invalid_and_stays_unspent(
+    store: TokenStore,
+) -> None:
+    store.start_session(session(), "h1", refresh(), ttl=60)
+    outcome = store.rotate_refresh_token("s1", "h1", "h2", 150, 60, user_id="u2").outcome
+    assert outcome is RotateOutcome.INVALID
+    assert store.peek_refresh_token("s1", "h1") == (refresh(), False)
+    rotated = store.rotate_refresh_token("s1", "h1", "h2", 150, 60, user_id="u1")
+    assert rotated.outcome is RotateOutcome.ROTATED
+
+
+def test_a_spent_token_of_another_client_does_not_end_the_session(store: TokenStore) -> None:
+    store.start_session(session(), "h1", refresh(), ttl=60)
+    store.rotate_refresh_token("s1", "h1", "h2", 150, 60, client_id="app")
+    outcome = store.rotate_refresh_token("s1", "h1", "h3", 160, 60, client_id="intruder").outcome
+    assert outcome is RotateOutcome.INVALID
+    assert store.get_session("s1") is not None
+
+
+@pytest.mark.parametrize(
+    ("asked", "outcome"),
+    [
+        (["openid"], RotateOutcome.ROTATED),
+        (["openid", "roles:write"], RotateOutcome.SCOPE_EXCEEDED),
+        (["profile"], RotateOutcome.SCOPE_EXCEEDED),
+        (["open"], RotateOutcome.SCOPE_EXCEEDED),  # a prefix of a granted scope is not it
+    ],
+)
+def test_a_refresh_may_narrow_the_scope_but_not_widen_it(
+    store: TokenStore, asked: list[str], outcome: RotateOutcome
+) -> None:
+    store.start_session(session(), "h1", refresh(), ttl=60)  # granted: "openid"
+    result = store.rotate_refresh_token("s1", "h1", "h2", 150, 60, client_id="app", scope=asked)
+    assert result.outcome is outcome
+    if outcome is RotateOutcome.SCOPE_EXCEEDED:
+        # Refused before spending: the same token still rotates.
+        assert store.peek_refresh_token("s1", "h1") == (refresh(), False)
+        retry = store.rotate_refresh_token("s1", "h1", "h2", 150, 60, client_id="app")
+        assert retry.outcome is RotateOutcome.ROTATED
+
+
 def test_unknown_tokens_do_not_rotate(store: TokenStore) -> None:
     assert store.rotate_refresh_token("s1", "h1", "h2", 1, 60).outcome is RotateOutcome.INVALID
     store.start_session(session(), "h1", refresh(), ttl=60)
@@ -152,6 +206,30 @@ def test_redis_entries_carry_ttls(redis_client: redis.Redis | None) -> None:
     assert ttls and all(0 < ttl <= 60 for ttl in ttls.values()), ttls
     # Session keys share the {sid} hash tag so the rotation script stays on one cluster slot.
     assert {k for k in ttls if "{s1}" in k} == {"oidc:{s1}:session", "oidc:{s1}:rt:h1"}
+    redis_client.flushdb()
+
+
+def test_refreshes_lengthen_the_users_session_index_only_when_it_runs_short(
+    redis_client: redis.Redis | None,
+) -> None:
+    # The index (another cluster slot than the session) is how "log out everywhere" finds
+    # sessions, so it must outlive each; lengthening it on every refresh cost a round trip.
+    if redis_client is None:
+        pytest.skip("TEST_REDIS_URL not set (CI always sets it)")
+    redis_client.flushdb()
+    store = RedisTokenStore(redis_client)
+    index = store._user_sessions_key("u1")
+    now = int(time.time())
+    store.start_session(session(created_at=now), "h0", refresh(), ttl=100)
+    assert 95 <= redis_client.ttl(index) <= 100
+    store.rotate_refresh_token("s1", "h0", "h1", now + 1, 100)  # 99 s left < 150: lengthened
+    assert 195 <= redis_client.ttl(index) <= 200
+    redis_client.expire(index, 180)  # a needless EXPIRE ... GT 200 would show below
+    store.rotate_refresh_token("s1", "h1", "h2", now + 2, 100)  # 199 s left: untouched
+    assert 175 <= redis_client.ttl(index) <= 180
+    store.rotate_refresh_token("s1", "h2", "h3", now + 60, 100)  # 141 s left: lengthened
+    assert 195 <= redis_client.ttl(index) <= 200
+    assert redis_client.ttl(index) >= redis_client.ttl(store._session_key("s1"))
     redis_client.flushdb()
 
 
