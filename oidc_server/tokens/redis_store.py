@@ -175,16 +175,18 @@ class RedisTokenStore(TokenStore):
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(refresh_key, mapping={**refresh.to_fields(), "spent": "0"})
         pipe.expire(refresh_key, ttl)
-        # index_until: the index lives at least as long as this session (see _ROTATE).
-        index_until = str(session.created_at + ttl)
+        # The index is made to live two TTLs, and the session remembers it (index_until), so
+        # that its refreshes need not lengthen the index for half a TTL (see _ROTATE).
+        index_ttl = 2 * ttl
+        index_until = str(session.created_at + index_ttl)
         pipe.hset(session_key, mapping={**session.to_fields(), "index_until": index_until})
         pipe.expire(session_key, ttl)
         pipe.zadd(index_key, {session.sid: session.created_at})
         # Only ever lengthen the index's life: a login with a shorter TTL (REFRESH_TOKEN_TTL
         # lowered) must not let it lapse before the user's older sessions, or "log out
         # everywhere" would miss them. NX sets it on a new index; GT only raises it.
-        pipe.expire(index_key, ttl, nx=True)
-        pipe.expire(index_key, ttl, gt=True)
+        pipe.expire(index_key, index_ttl, nx=True)
+        pipe.expire(index_key, index_ttl, gt=True)
         pipe.execute()
 
     @_fail_closed
