@@ -15,7 +15,6 @@ with the token store's single-use values and issues tokens into the browser's lo
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +31,7 @@ from .. import accounts, observability
 from ..context import db_session, services
 from ..models import User
 from ..security import hash_token
+from ..tokens.service import new_refresh_token
 from ..tokens.store import RefreshRecord, SessionRecord
 from .grants import _single_valued
 
@@ -234,7 +234,7 @@ def issue_session_tokens(
     refresh_token = None
     if with_refresh_token:
         now = int(time.time())
-        refresh_token = f"{sid}.{secrets.token_urlsafe(32)}"
+        refresh_token = new_refresh_token(sid, str(user.id))
         record = RefreshRecord(
             sid=sid,
             user_id=str(user.id),

@@ -66,7 +66,8 @@ def new_session_id() -> str:
     return secrets.token_urlsafe(16)
 
 
-def _refresh_token(sid: str, user_id: str) -> str:
+def new_refresh_token(sid: str, user_id: str) -> str:
+    """A fresh refresh token of session ``sid`` (see the module docstring for its shape)."""
     return f"{sid}.{secrets.token_urlsafe(32)}.{user_id}"
 
 
@@ -120,7 +121,7 @@ class TokenService:
             user_agent=login.user_agent[:512],
             ip=login.ip[:64],
         )
-        refresh_token = _refresh_token(sid, login.user_id)
+        refresh_token = new_refresh_token(sid, login.user_id)
         record = RefreshRecord(
             sid=sid,
             user_id=login.user_id,
@@ -178,7 +179,7 @@ class TokenService:
         if parts is None:
             raise RefreshTokenInvalid("malformed refresh token")
         sid, old_hash = parts
-        successor = _refresh_token(sid, user_id)
+        successor = new_refresh_token(sid, user_id)
         result = self.store.rotate_refresh_token(
             sid,
             old_hash,

@@ -117,6 +117,7 @@ def test_authlib_client_runs_the_code_flow_over_http(live_server: LiveServer, us
     assert {k: claims[k] for k in access} == access  # userinfo and the ID token agree
     assert access["email"] == "viewer@example.com"
     # The access token is the same session as the ID token's sid, refreshable by this client.
+    assert token["refresh_token"].rsplit(".", 1)[1] == str(user.id)  # the refresh token's shape
     refreshed = session.refresh_token(meta["token_endpoint"])
     assert refreshed["access_token"] != token["access_token"]
 
