@@ -31,27 +31,28 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 # KEYS: session, old refresh token, new refresh token.
-# ARGV: now, ttl, the presenting client's id and the token's claimed user ('' for any), then
-# the scopes asked for (if any). The token endpoint's checks run here, before the token is
-# spent, so that a refresh needs no separate read of the token (RFC 6749 §6: another client's
-# token, or a scope beyond the grant, is refused and spends nothing).
+# ARGV: now, ttl, the session index's TTL, the presenting client's id and the token's claimed
+# user ('' for any), then the scopes asked for (if any). The token endpoint's checks run here,
+# before the token is spent, so that a refresh needs no separate read of the token (RFC 6749
+# §6: another client's token, or a scope beyond the grant, is refused and spends nothing).
 # Spent tokens keep their own TTL so reuse is recognised for as long as they could have lived.
 # The session's ``index_until`` says how long the user's session index is known to live. When
 # less than 1.5 TTLs are left, the caller lengthens the index (another slot, so not here) to
-# two TTLs: that round trip is then spared on all refreshes but about one per half TTL, and the
-# half TTL of slack covers clock skew between the app nodes that wrote and read the mark.
+# its TTL (``_index_ttl``, two TTLs): that round trip is then spared on all refreshes but about
+# one per half TTL, and the half TTL of slack covers clock skew between the app nodes that
+# wrote and read the mark.
 _ROTATE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'invalid'} end
 local rec = redis.call('HGETALL', KEYS[2])
 if #rec == 0 then return {'invalid'} end
 local field = {}
 for i = 1, #rec, 2 do field[rec[i]] = rec[i + 1] end
-if ARGV[3] ~= '' and field['client_id'] ~= ARGV[3] then return {'invalid'} end
-if ARGV[4] ~= '' and field['user_id'] ~= ARGV[4] then return {'invalid'} end
-if #ARGV > 4 then
+if ARGV[4] ~= '' and field['client_id'] ~= ARGV[4] then return {'invalid'} end
+if ARGV[5] ~= '' and field['user_id'] ~= ARGV[5] then return {'invalid'} end
+if #ARGV > 5 then
   local granted = {}
   for s in string.gmatch(field['scope'] or '', '%S+') do granted[s] = true end
-  for i = 5, #ARGV do
+  for i = 6, #ARGV do
     if not granted[ARGV[i]] then return {'scope_exceeded'} end
   end
 end
@@ -70,7 +71,7 @@ redis.call('EXPIRE', KEYS[1], ttl)
 local extend_index = '0'
 local index_until = tonumber(redis.call('HGET', KEYS[1], 'index_until') or '0')
 if index_until < now + ttl + math.floor(ttl / 2) then
-  redis.call('HSET', KEYS[1], 'index_until', now + 2 * ttl)
+  redis.call('HSET', KEYS[1], 'index_until', now + tonumber(ARGV[3]))
   extend_index = '1'
 end
 -- The record, then the touched session: callers need no second round trip for it.
@@ -122,6 +123,11 @@ def _fail_closed(fn: Callable[P, R]) -> Callable[P, R]:
             raise StoreUnavailable("token store unavailable") from exc
 
     return wrapper
+
+
+def _index_ttl(refresh_ttl: int) -> int:
+    """How long a user's session index is made to live: two refresh-token TTLs (see _ROTATE)."""
+    return 2 * refresh_ttl
 
 
 def _pairs(flat: list[Any]) -> dict[str, str]:
@@ -177,7 +183,7 @@ class RedisTokenStore(TokenStore):
         pipe.expire(refresh_key, ttl)
         # The index is made to live two TTLs, and the session remembers it (index_until), so
         # that its refreshes need not lengthen the index for half a TTL (see _ROTATE).
-        index_ttl = 2 * ttl
+        index_ttl = _index_ttl(ttl)
         index_until = str(session.created_at + index_ttl)
         pipe.hset(session_key, mapping={**session.to_fields(), "index_until": index_until})
         pipe.expire(session_key, ttl)
@@ -218,8 +224,9 @@ class RedisTokenStore(TokenStore):
             self._refresh_key(sid, old_hash),
             self._refresh_key(sid, new_hash),
         ]
+        index_ttl = _index_ttl(ttl)
         checks = [client_id or "", user_id or "", *(scope or ())]
-        reply = self._rotate(keys=keys, args=[now, ttl, *checks])
+        reply = self._rotate(keys=keys, args=[now, ttl, index_ttl, *checks])
         outcome = RotateOutcome(reply[0].decode())
         if outcome in (RotateOutcome.INVALID, RotateOutcome.SCOPE_EXCEEDED):
             return RotateResult(outcome)
@@ -231,7 +238,7 @@ class RedisTokenStore(TokenStore):
         record = RefreshRecord.from_fields(_pairs(reply[3 : 3 + size]))
         session = SessionRecord.from_fields(_pairs(reply[3 + size :]))
         if extend_index:
-            self.redis.expire(self._user_sessions_key(record.user_id), 2 * ttl, gt=True)
+            self.redis.expire(self._user_sessions_key(record.user_id), index_ttl, gt=True)
         return RotateResult(outcome, record, session)
 
     @_fail_closed
