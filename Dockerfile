@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# The server under gunicorn. Two stages: the first installs the pinned dependencies into a
+# The server under granian (oidc_server/serve.py). Two stages: the first installs the pinned dependencies into a
 # virtualenv; the final one copies that and the code onto a clean slim image, running as an
 # unprivileged user. Every dependency ships manylinux wheels, so neither stage needs a compiler.
 
@@ -19,12 +19,12 @@ RUN mkdir oidc_server \
 COPY oidc_server ./oidc_server
 COPY migrations ./migrations
 COPY .well-known-templates ./.well-known-templates
-COPY alembic.ini gunicorn.conf.py ./
+COPY alembic.ini ./
 COPY deploy/healthcheck.py ./deploy/healthcheck.py
 # Editable: the code stays at /app, where the server finds migrations/ and the templates
 # beside its package (config.PROJECT_ROOT). Compiled now because /app is read-only at run time.
 RUN /opt/venv/bin/pip install --no-deps --editable . \
-    && /opt/venv/bin/python -m compileall -q oidc_server migrations gunicorn.conf.py
+    && /opt/venv/bin/python -m compileall -q oidc_server migrations
 
 FROM python:3.11-slim
 ENV PATH=/opt/venv/bin:$PATH \
@@ -49,4 +49,4 @@ USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "/app/deploy/healthcheck.py", "/health/ready"]
-CMD ["gunicorn", "-c", "/app/gunicorn.conf.py"]
+CMD ["python", "-m", "oidc_server.serve"]

@@ -23,10 +23,11 @@ run: $(STAMP) ## Serve on http://127.0.0.1:8000 (embedded: SQLite, in-process st
 	$(BIN)/oidc-server serve
 
 # APP_ENV defaults to production here: it refuses to start without SECRET_KEY, REDIS_URL and a
-# PostgreSQL DATABASE_URL. gunicorn.conf.py reads HOST, PORT and WEB_CONCURRENCY.
-run-prod: $(STAMP) ## Migrate, then serve under gunicorn (needs DATABASE_URL, REDIS_URL, SECRET_KEY)
+# PostgreSQL DATABASE_URL. oidc_server/serve.py reads HOST, PORT, WEB_CONCURRENCY, WEB_THREADS
+# and WEB_TIMEOUT.
+run-prod: $(STAMP) ## Migrate, then serve under granian (needs DATABASE_URL, REDIS_URL, SECRET_KEY)
 	APP_ENV=$${APP_ENV:-production} $(BIN)/oidc-server db upgrade
-	APP_ENV=$${APP_ENV:-production} exec $(BIN)/gunicorn -c gunicorn.conf.py
+	APP_ENV=$${APP_ENV:-production} exec $(BIN)/python -m oidc_server.serve
 
 test: $(STAMP) ## Run the whole test suite (PostgreSQL/Redis when TEST_DATABASE_URL/TEST_REDIS_URL are set)
 	@command -v chromium >/dev/null 2>&1 || [ -n "$$CHROMIUM_PATH" ] || { \

@@ -36,7 +36,7 @@ def main() -> None:
 @click.option("--host", default=None, help="Interface to listen on (default: HOST or 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port (default: PORT or 8000).")
 def serve(host: str | None, port: int | None) -> None:
-    """Run the development server (single process; use gunicorn in production)."""
+    """Run the development server (single process; production: python -m oidc_server.serve)."""
     from .app import create_app
 
     settings = _settings()

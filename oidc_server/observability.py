@@ -5,7 +5,7 @@ new one. It is echoed in the response and added to every log line written while 
 runs. Log lines pass a redaction filter that blanks known sensitive fields and anything
 shaped like a JWT, one of our refresh tokens or an ``Authorization`` value.
 
-Metrics use prometheus_client's default registry. Under gunicorn, ``gunicorn.conf.py`` sets
+Metrics use prometheus_client's default registry. In production ``oidc_server/serve.py`` sets
 ``PROMETHEUS_MULTIPROC_DIR`` before any worker imports this module, so each worker writes its
 samples to files there and ``/metrics`` sums every worker's (prometheus_client's multiprocess
 mode). Other modules count events through the small functions below, never the metric objects.

@@ -1,11 +1,17 @@
 """`make bench`: production mode under load, one scenario at a time, figures as a table and JSON.
 
-Starts gunicorn (APP_ENV=production, rate limits off) on PostgreSQL and Redis, seeds a client,
-users, roles and sessions, then loads each scenario with autocannon (bench/load.mjs) on
-loopback for a bounded time. ``--growth`` then seeds 1,000,000 users and 10,000,000
-login-history rows and repeats login and history paging, to show cost does not grow with data.
+Starts the production server as `make run-prod` does (``python -m oidc_server.serve``, granian;
+APP_ENV=production, rate limits off) on PostgreSQL and Redis, seeds a client, users, roles and
+sessions, then loads each scenario with autocannon (bench/load.mjs) on loopback for a bounded
+time. ``--growth`` then seeds 1,000,000 users and 10,000,000 login-history rows and repeats
+login and history paging, to show cost does not grow with data.
 
-    .venv/bin/python scripts/bench.py [--seconds 10] [--connections 32] [--growth]
+    .venv/bin/python scripts/bench.py [--seconds 10] [--connections 32] [--workers N] [--growth]
+                                      [--only SCENARIO ...]
+
+``--workers`` (or ``WEB_CONCURRENCY``) sets the worker processes, default serve.py's (one per
+usable core); ``WEB_THREADS`` and ``WEB_TIMEOUT`` pass through to the server. Its log goes to
+``bench-results/server.log``.
 
 Needs PostgreSQL and Redis (BENCH_DATABASE_URL, BENCH_REDIS_URL), Node.js and npm.
 """
@@ -31,6 +37,8 @@ from typing import Any
 import requests
 from sqlalchemy import create_engine, text
 
+from oidc_server.serve import default_workers, usable_cores
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 BENCH_DIR = ROOT / "bench"
@@ -48,6 +56,9 @@ SCENARIOS = (
     "jwks",
     "discovery",
 )
+#: Sessions seeded for the refresh scenario, each refreshed once: enough for its warm-up and
+#: 10 s at 5,000 req/s (the run is timed; were they used up, the rest would count as errors).
+REFRESH_SESSIONS = 60_000
 #: Scenarios measured a second time over one connection (see ``scenarios``).
 LATENCY_ALONE = {"head_role_check", "users_me"}
 
@@ -125,7 +136,7 @@ def argon2_rate(workers: int, seconds: float, params: dict[str, int]) -> float:
 
 
 class Server:
-    """gunicorn in production mode, as `make run-prod` starts it."""
+    """The production server (``python -m oidc_server.serve``), as `make run-prod` starts it."""
 
     def __init__(self, env: dict[str, str], workers: int) -> None:
         self.env, self.workers = env, workers
@@ -141,32 +152,22 @@ class Server:
             capture_output=True,
         )
         started = time.monotonic()
-        args = [
-            str(BIN / "gunicorn"),
-            "-w",
-            str(self.workers),
-            "-b",
-            f"127.0.0.1:{self.env['PORT']}",
-            "--log-level",
-            "warning",
-        ]
-        if (ROOT / "gunicorn.conf.py").exists():
-            args += ["-c", str(ROOT / "gunicorn.conf.py")]
-        args.append("oidc_server.app:create_app()")
-        self.proc = subprocess.Popen(
-            args,
-            env=self.env,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=open(RESULTS / "gunicorn.log", "wb"),
-        )
+        # HOST, PORT, WEB_CONCURRENCY (= self.workers) and LOG_LEVEL come from the environment.
+        with open(RESULTS / "server.log", "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "oidc_server.serve"],
+                env=self.env,
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
         while True:
             try:
                 requests.get(f"{self.url}/.well-known/openid-configuration", timeout=5)
                 break
             except (requests.ConnectionError, requests.Timeout):
                 if self.proc.poll() is not None or time.monotonic() - started > 60:
-                    raise RuntimeError("gunicorn did not start; see bench-results/gunicorn.log")
+                    raise RuntimeError("server did not start; see bench-results/server.log")
                 time.sleep(0.02)
         self.start_seconds = time.monotonic() - started
 
@@ -242,7 +243,7 @@ def seed(env: dict[str, str], users: int) -> dict[str, Any]:
                 auth_method="password",
             )
         )[0]
-        for _ in range(30_000)
+        for _ in range(REFRESH_SESSIONS)
     ]
     svc.db.dispose()
     return {"machine": machine, "user_id": user_id, "role_id": role_id, "sessions": sessions}
@@ -420,7 +421,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=0, help="default: gunicorn.conf.py's")
+    parser.add_argument("--workers", type=int, default=0, help="default: serve.py's")
     parser.add_argument("--growth", action="store_true")
     parser.add_argument(
         "--only",
@@ -445,7 +446,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="oidc-bench-"))
     port = free_port()
     workers = (
-        args.workers or int(os.environ.get("WEB_CONCURRENCY", 0)) or (2 * (os.cpu_count() or 1) + 1)
+        args.workers or int(os.environ.get("WEB_CONCURRENCY", 0)) or default_workers(usable_cores())
     )
     env = {
         **os.environ,
@@ -478,7 +479,7 @@ def main() -> None:
         seed_history(db_url, data["user_id"], 2000, 10, "user%")
         server.start()
         report["start_to_first_answer_s"] = round(server.start_seconds, 3)
-        print(f"gunicorn: {workers} workers, first answer after {server.start_seconds:.2f}s")
+        print(f"server: {workers} workers, first answer after {server.start_seconds:.2f}s")
         print(f"{'scenario':<20} {'req/s':>9} {'p50ms':>7} {'p99ms':>7} {'errors':>7}")
         only = set(args.only) if args.only else None
         # Logins run below, next to their reference.

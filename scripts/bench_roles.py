@@ -1,14 +1,17 @@
-"""Benchmark the role check ``HEAD /api/v1/users/{user_id}/roles/{role_id}/`` under gunicorn.
+"""Benchmark the role check ``HEAD /api/v1/users/{user_id}/roles/{role_id}/`` under granian.
 
     BENCH_DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/bench_h4 \\
     BENCH_REDIS_URL=redis://127.0.0.1:6379/12 \\
-    .venv/bin/python scripts/bench_roles.py [--workers 2] [--connections 32] [--seconds 10]
+    .venv/bin/python scripts/bench_roles.py [--workers 2] [--threads N] [--connections 32] \\
+        [--seconds 10]
 
 Migrates the database (``oidc-server db upgrade``), makes a machine client and a user holding
-the ``admin`` role with the real CLI, serves the app with ``gunicorn -w N`` (rate limits off),
-and loads it with the shared Node load generator (autocannon): a held role (200) and a role
-not held (404), once with the Redis role cache and once with it off (``ROLES_CACHE_TTL=0``,
-one primary-key query per check). Prints one JSON line per run; latencies are milliseconds.
+the ``admin`` role with the real CLI, serves the app as ``make run-prod`` does (``python -m
+oidc_server.serve`` with ``WEB_CONCURRENCY=N`` and ``WEB_THREADS``; rate limits off; its log
+is ``server.log`` beside the temporary instance folder), and loads it with the shared Node
+load generator (autocannon): a held role (200) and a role not held (404), once with the Redis
+role cache and once with it off (``ROLES_CACHE_TTL=0``, one primary-key query per check).
+Prints one JSON line per run; latencies are milliseconds.
 The load generator must be installed first:
 
     mkdir -p /tmp/oidc-peers-h4 && cd /tmp/oidc-peers-h4 && \\
@@ -30,6 +33,8 @@ import uuid
 from pathlib import Path
 
 import requests
+
+from oidc_server.serve import ServeSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -55,14 +60,14 @@ def _wait_until_up(url: str, server: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise SystemExit("gunicorn exited during start-up")
+            raise SystemExit("the server exited during start-up")
         try:
             if requests.get(f"{url}/health/live", timeout=5).status_code == 200:
                 return
         except requests.RequestException:
             pass  # not listening yet, or still importing
         time.sleep(0.2)
-    raise SystemExit("gunicorn did not answer within 30 s")
+    raise SystemExit("the server did not answer within 30 s")
 
 
 def _load(peers: Path, url: str, seconds: int, connections: int, token: str) -> dict[str, object]:
@@ -82,15 +87,18 @@ def _serve_and_measure(
 ) -> None:
     port = args.port
     url = f"http://127.0.0.1:{port}"
-    server_env = {**env, "ROLES_CACHE_TTL": str(cache_ttl), "OIDC_ISSUER": url}
-    command = [str(BIN / "gunicorn"), "-w", str(args.workers), "-b", f"127.0.0.1:{port}"]
-    if args.worker_class:
-        command += ["-k", args.worker_class]
-    # Run from the project root, so gunicorn also reads ./gunicorn.conf.py (worker class,
-    # threads, keep-alive) as it does in production; -w and -b override it.
-    log = (Path(env["INSTANCE_DIR"]).parent / "gunicorn.log").open("ab")
+    server_env = {
+        **env,
+        "ROLES_CACHE_TTL": str(cache_ttl),
+        "OIDC_ISSUER": url,
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "WEB_CONCURRENCY": str(args.workers),
+        "WEB_THREADS": str(args.threads),
+    }
+    log = (Path(env["INSTANCE_DIR"]).parent / "server.log").open("ab")
     server = subprocess.Popen(
-        [*command, "oidc_server.app:create_app()"],
+        [sys.executable, "-m", "oidc_server.serve"],
         env=server_env,
         cwd=ROOT,
         stdout=log,
@@ -121,7 +129,7 @@ def _serve_and_measure(
                         "case": name,
                         "cache": "redis" if cache_ttl > 0 else "off",
                         "workers": args.workers,
-                        "worker_class": args.worker_class or "gunicorn.conf.py",
+                        "threads": args.threads,
                         "connections": args.connections,
                         "rps": result["rps"],
                         "p50_ms": result["p50"],
@@ -144,13 +152,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--port", type=int, default=8754)
     parser.add_argument(
-        "--worker-class", default="", help="gunicorn -k (default: as gunicorn.conf.py says)"
+        "--threads", type=int, default=0, help="WEB_THREADS, per worker (default: serve.py's)"
     )
     parser.add_argument("--peers", default="/tmp/oidc-peers-h4")  # noqa: S108 - the documented place
     parser.add_argument(
         "--cache", choices=["both", "redis", "off"], default="both", help="which modes to run"
     )
     args = parser.parse_args()
+    # serve.py's default, or WEB_THREADS from the environment, unless --threads says otherwise.
+    args.threads = args.threads or ServeSettings.from_env().threads
     database_url = os.environ.get("BENCH_DATABASE_URL")
     redis_url = os.environ.get("BENCH_REDIS_URL")
     if not database_url or not redis_url:

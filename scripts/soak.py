@@ -3,8 +3,10 @@
     .venv/bin/python scripts/soak.py [--seconds 180] [--threads 6] [--workers N]
                                      [--access-ttl 20] [--refresh-ttl 40] [--sample-every 5]
 
-Starts gunicorn with the repository's ``gunicorn.conf.py`` (``APP_ENV=production``, rate
-limits off, production argon2id parameters) on a PostgreSQL database of its own
+Starts the production server as ``make run-prod`` does (``python -m oidc_server.serve``,
+granian; ``APP_ENV=production``, rate limits off, production argon2id parameters;
+``WEB_CONCURRENCY``, ``WEB_THREADS`` and ``WEB_TIMEOUT`` pass through, ``--workers`` sets the
+first; its log goes to ``bench-results/soak-server.log``) on a PostgreSQL database of its own
 (``SOAK_DATABASE_URL``, default ``postgresql+psycopg://postgres@127.0.0.1:5432/soak``,
 dropped and created again with ``psql``) and a Redis database of its own (``SOAK_REDIS_URL``,
 default ``redis://127.0.0.1:6379/11``, flushed first). A few client threads then run a
@@ -44,6 +46,8 @@ from urllib.parse import urlsplit
 
 import redis
 import requests
+
+from oidc_server.serve import ServeSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -94,7 +98,7 @@ def recreate_database(url: str) -> None:
 
 
 def children(pid: int) -> list[int]:
-    """Live child processes of ``pid`` (gunicorn's workers)."""
+    """Live child processes of ``pid`` (the server's workers)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -119,7 +123,7 @@ def rss_mib(pid: int) -> float | None:
 
 
 class Server:
-    """gunicorn started by gunicorn.conf.py, as ``make run-prod`` does."""
+    """The production server (``python -m oidc_server.serve``), as ``make run-prod`` starts it."""
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.env = env
@@ -130,7 +134,7 @@ class Server:
     def start(self) -> None:
         with open(self.log, "wb") as sink:
             self.process = subprocess.Popen(
-                [str(BIN / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py")],
+                [sys.executable, "-m", "oidc_server.serve"],
                 cwd=ROOT,
                 env=self.env,
                 stdout=sink,
@@ -139,14 +143,14 @@ class Server:
         deadline = time.monotonic() + 120
         while True:
             if self.process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited; see {self.log}")
+                raise RuntimeError(f"server exited; see {self.log}")
             try:
                 if requests.get(self.url + "/health/ready", timeout=2).status_code == 200:
                     return
             except requests.RequestException:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"gunicorn not ready after 120 s; see {self.log}")
+                raise RuntimeError(f"server not ready after 120 s; see {self.log}")
             time.sleep(0.1)
 
     def workers(self) -> list[int]:
@@ -506,8 +510,8 @@ def print_summary(report: dict[str, Any]) -> None:
     cfg = report["config"]
     print(
         f"\nsoak: {cfg['seconds']} s, {cfg['threads']} client threads, "
-        f"{cfg['workers']} workers ({cfg['worker_class']}), ACCESS_TOKEN_TTL={cfg['access_ttl']} "
-        f"REFRESH_TOKEN_TTL={cfg['refresh_ttl']}"
+        f"{cfg['workers']} workers x {cfg['threads_per_worker']} threads, "
+        f"ACCESS_TOKEN_TTL={cfg['access_ttl']} REFRESH_TOKEN_TTL={cfg['refresh_ttl']}"
     )
     print(
         f"requests: {report['requests']} ({report['requests_per_second']}/s), "
@@ -541,7 +545,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=180)
     parser.add_argument("--threads", type=int, default=6)
-    parser.add_argument("--workers", type=int, default=0, help="default: gunicorn.conf.py's")
+    parser.add_argument("--workers", type=int, default=0, help="default: serve.py's")
     parser.add_argument("--access-ttl", type=int, default=20)
     parser.add_argument("--refresh-ttl", type=int, default=40)
     parser.add_argument("--sample-every", type=float, default=5.0)
@@ -560,8 +564,7 @@ def main() -> int:
     env = {
         k: v
         for k, v in os.environ.items()
-        if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV")
-        or k.startswith("GUNICORN_")
+        if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV") or k.startswith("WEB_")
     }
     env.update(
         APP_ENV="production",
@@ -588,7 +591,7 @@ def main() -> int:
             "--scope", "roles:read roles:write", "--json",
         )
     )  # fmt: skip
-    server = Server(env, RESULTS / "soak-gunicorn.log")
+    server = Server(env, RESULTS / "soak-server.log")
     server.start()
     try:
         auth = (machine["client_id"], machine["client_secret"])
@@ -640,7 +643,8 @@ def main() -> int:
             "seconds": args.seconds,
             "threads": args.threads,
             "workers": len(server.workers()),
-            "worker_class": os.environ.get("GUNICORN_WORKER_CLASS", "gthread"),
+            # WEB_THREADS reaches the server unchanged (see env), so this is its figure.
+            "threads_per_worker": ServeSettings.from_env().threads,
             "access_ttl": args.access_ttl,
             "refresh_ttl": args.refresh_ttl,
             "sample_every": args.sample_every,

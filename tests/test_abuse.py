@@ -3,26 +3,19 @@
 Guessing is slowed per account (the backoff and ``RATELIMIT_LOGIN_PER_ACCOUNT``, whatever
 the address) and per address (``RATELIMIT_LOGIN``, whatever the account), with every limit
 at its default. Oversized bodies and passwords are refused before anything reads or hashes
-them. Oversized request heads and slow clients are refused by a real gunicorn started with
-the project's ``gunicorn.conf.py``; deploy/nginx.conf does the same in front of it.
+them. Oversized request heads and slow clients are refused by the production server
+(tests/test_serve.py); deploy/nginx.conf does the same in front of it.
 """
 
 from __future__ import annotations
 
 import io
-import os
 import re
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
@@ -31,17 +24,13 @@ from oidc_server.accounts import create_user
 from oidc_server.config import Settings
 from oidc_server.passwords_policy import MAX_LENGTH as PASSWORD_MAX_LENGTH
 from oidc_server.security import PasswordHasher
+from oidc_server.serve import HEAD_TIMEOUT, MAX_HEAD_BYTES
 from oidc_server.tokens.store import TokenStore
 
 from .conftest import PASSWORD, bearer, password_login
 from .support.accounts import FakeClock, api_login, throttled_app
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-#: Seconds within which a cut-off must happen (the worker's deadline is 2 s), or the test fails.
-PATIENCE = 20.0
-#: Seconds gunicorn may take to start on a loaded machine.
-STARTUP = 60.0
 
 
 def add_user(app: Flask, login: str = "viewer@example.com") -> None:
@@ -322,163 +311,6 @@ def test_passwords_are_bounded_before_any_hashing(
     assert hasher.calls == 1
 
 
-# Oversized heads and slow clients, against a real gunicorn ----------------------------------
-
-
-@dataclass
-class Gunicorn:
-    port: int
-    log: Path
-
-    def connect(self) -> socket.socket:
-        sock = socket.create_connection(("127.0.0.1", self.port), timeout=PATIENCE)
-        return sock
-
-    def get(self, path: str) -> requests.Response:
-        return requests.get(f"http://127.0.0.1:{self.port}{path}", timeout=PATIENCE)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-#: The worker's timeout in this module's gunicorn: short, so that cut-offs come quickly.
-SHORT_TIMEOUT = 2
-
-
-@pytest.fixture(scope="module")
-def gunicorn(
-    tmp_path_factory: pytest.TempPathFactory, signing_key_file: Path
-) -> Iterator[Gunicorn]:
-    """``gunicorn -c gunicorn.conf.py`` as production runs it: one worker with one thread."""
-    folder = tmp_path_factory.mktemp("gunicorn")
-    (folder / "keys").mkdir()
-    (folder / "keys" / signing_key_file.name).write_bytes(signing_key_file.read_bytes())
-    port = _free_port()
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("OIDC_", "DATABASE_", "REDIS_", "GUNICORN_", "TEST_", "WEB_"))
-    }
-    env.update(
-        APP_ENV="test",
-        HOST="127.0.0.1",
-        PORT=str(port),
-        WEB_CONCURRENCY="1",
-        GUNICORN_THREADS="1",
-        GUNICORN_TIMEOUT=str(SHORT_TIMEOUT),
-        DATABASE_URL=f"sqlite:///{folder / 'unused.db'}",
-        OIDC_KEYS_DIR=str(folder / "keys"),
-        INSTANCE_DIR=str(folder / "instance"),
-        SECRET_KEY="gunicorn-test-secret-" + "k" * 32,
-        PROMETHEUS_MULTIPROC_DIR=str(folder / "metrics"),
-    )
-    log = folder / "gunicorn.log"
-    with open(log, "wb") as sink:
-        process = subprocess.Popen(
-            [str(BIN / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py")],
-            cwd=ROOT,
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    server = Gunicorn(port, log)
-    try:
-        give_up = time.monotonic() + STARTUP
-        while True:
-            assert process.poll() is None, log.read_text()[-3000:]
-            try:
-                if server.get("/health/live").status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < give_up, "gunicorn did not start"
-            time.sleep(0.1)
-        yield server
-    finally:
-        process.terminate()
-        process.wait(timeout=PATIENCE)
-
-
-def read_status(sock: socket.socket) -> int:
-    head = b""
-    while b"\r\n" not in head:
-        chunk = sock.recv(1024)
-        if not chunk:
-            break
-        head += chunk
-    match = re.match(rb"HTTP/1\.[01] (\d{3}) ", head)
-    assert match, head[:200]
-    return int(match.group(1))
-
-
-@pytest.mark.parametrize(
-    ("name", "request_head"),
-    [
-        (
-            "one header too large",
-            b"GET /refused-1 HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n",
-        ),
-        (
-            "too many headers",
-            b"GET /refused-2 HTTP/1.1\r\nHost: x\r\n"
-            + b"".join(b"X-%d: 1\r\n" % n for n in range(150))
-            + b"\r\n",
-        ),
-        (
-            "request line too long",
-            b"GET /refused-3?" + b"q" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
-        ),
-    ],
-)
-def test_an_oversized_request_head_is_refused_before_the_app(
-    gunicorn: Gunicorn, name: str, request_head: bytes
-) -> None:
-    with gunicorn.connect() as sock:
-        sock.sendall(request_head)
-        assert read_status(sock) in (400, 414, 431)
-    # gunicorn answered on its own: the app wrote no access line for any of these paths.
-    assert "/refused-" not in gunicorn.log.read_text()
-
-
-def cut_off(sock: socket.socket, trickle: bytes) -> bool:
-    """Send ``trickle`` a byte every 0.2 s; True once the server has closed the connection."""
-    sock.settimeout(0.2)
-    give_up = time.monotonic() + PATIENCE
-    for byte in trickle:
-        try:
-            sock.send(bytes([byte]))
-            if sock.recv(1024) == b"":
-                return True
-        except TimeoutError:
-            pass
-        except (ConnectionResetError, BrokenPipeError):
-            return True
-        if time.monotonic() > give_up:
-            return False
-    return False
-
-
-def test_a_slowloris_client_is_cut_off_and_the_thread_freed(gunicorn: Gunicorn) -> None:
-    # One worker with one thread: while the slow client held it, nobody else would be served.
-    with gunicorn.connect() as sock:
-        sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n")
-        assert cut_off(sock, b"X-Slow: " + b"z" * 1000)
-    assert gunicorn.get("/health/live").status_code == 200
-
-
-def test_a_client_trickling_its_body_is_cut_off(gunicorn: Gunicorn) -> None:
-    with gunicorn.connect() as sock:
-        sock.sendall(
-            b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\n"
-            b"Content-Type: application/json\r\nContent-Length: 2000\r\n\r\n"
-        )
-        assert cut_off(sock, b'{"login": "' + b"a" * 1900)
-    assert gunicorn.get("/health/live").status_code == 200
-
-
 # nginx in front -----------------------------------------------------------------------------
 
 
@@ -499,14 +331,12 @@ def size(value: str) -> int:
 
 
 def test_nginx_cuts_off_slow_and_oversized_clients_before_the_app() -> None:
-    gunicorn_conf = (ROOT / "gunicorn.conf.py").read_text()
-    field_size = int(re.search(r"^limit_request_field_size = (\d+)", gunicorn_conf, re.M)[1])
-    # No slower than the app's own worker deadlines (HEAD_TIMEOUT, GUNICORN_TIMEOUT 30 s).
-    assert seconds(nginx_directive("client_header_timeout")[0]) <= 10
+    # No slower than the server's own deadlines (HEAD_TIMEOUT, WEB_TIMEOUT's default 30 s).
+    assert seconds(nginx_directive("client_header_timeout")[0]) <= HEAD_TIMEOUT
     assert seconds(nginx_directive("client_body_timeout")[0]) <= 10
     assert seconds(nginx_directive("send_timeout")[0]) <= 30
     count, buffer = nginx_directive("large_client_header_buffers")
-    assert int(count) <= 8 and size(buffer) <= field_size + 2  # never more than gunicorn takes
+    assert int(count) * size(buffer) <= MAX_HEAD_BYTES  # never more than the server takes
     # Bodies the app refuses with its own JSON 413 still reach it, nothing much bigger does.
     body_limit = size(nginx_directive("client_max_body_size")[0])
     assert Settings().max_content_length < body_limit <= 1024 * 1024

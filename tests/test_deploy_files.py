@@ -2,7 +2,7 @@
 
 No Docker engine runs where the suite runs, so docker-compose.yml, the Dockerfile, the
 .dockerignore and deploy/nginx.conf are read and checked here: every command is one the app
-understands (run for real with ``--help`` or gunicorn's ``--check-config``), every variable
+understands (run for real with ``--help`` or the server's ``--check``), every variable
 is a setting, every port matches, and the image follows the usual Dockerfile lint rules.
 """
 
@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from oidc_server.config import Settings
+from oidc_server.serve import MAX_DEFAULT_WORKERS, default_workers
 
 from .conftest import LiveServer
 
@@ -32,12 +33,11 @@ BIN = Path(sys.executable).parent
 #: Where the image puts the repository (Dockerfile: WORKDIR /app).
 IMAGE_ROOT = "/app"
 SETTINGS_VARIABLES = {f.name.upper() for f in fields(Settings)}
-#: Variables the app service may set that are not app settings: gunicorn.conf.py reads these.
-GUNICORN_VARIABLES = {
+#: Variables the app service may set that are not app settings: oidc_server/serve.py reads these.
+SERVER_VARIABLES = {
     "WEB_CONCURRENCY",
-    "GUNICORN_WORKER_CLASS",
-    "GUNICORN_THREADS",
-    "GUNICORN_TIMEOUT",
+    "WEB_THREADS",
+    "WEB_TIMEOUT",
     "PROMETHEUS_MULTIPROC_DIR",
 }
 #: Stand-ins for the secrets compose requires from the operator's environment.
@@ -154,7 +154,7 @@ def _clean_env(tmp_path: Path, *layers: dict[str, str]) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in SETTINGS_VARIABLES and k not in GUNICORN_VARIABLES and not k.startswith("TEST_")
+        if k not in SETTINGS_VARIABLES and k not in SERVER_VARIABLES and not k.startswith("TEST_")
     }
     for layer in layers:
         env.update(layer)
@@ -244,9 +244,9 @@ def test_app_can_be_scaled(services: dict[str, Any]) -> None:
     assert service_env(app)["PORT"] in [str(p) for p in app["expose"]]
 
 
-def test_every_app_variable_is_a_setting_or_a_gunicorn_one(services: dict[str, Any]) -> None:
+def test_every_app_variable_is_a_setting_or_a_server_one(services: dict[str, Any]) -> None:
     for name in ("app", "migrate"):
-        unknown = set(services[name]["environment"]) - SETTINGS_VARIABLES - GUNICORN_VARIABLES
+        unknown = set(services[name]["environment"]) - SETTINGS_VARIABLES - SERVER_VARIABLES
         assert not unknown, f"{name} sets variables nothing reads: {sorted(unknown)}"
 
 
@@ -285,35 +285,35 @@ def test_all_replicas_share_the_keys_volume_at_oidc_keys_dir(
     assert target == keys_dir
 
 
-def test_the_app_command_loads_the_app_under_gunicorn(
+def _server_settings(env: dict[str, str], command: list[str] | None = None) -> dict[str, Any]:
+    """Run the server's command with ``--check``: it builds the app and the server from ``env``
+    and prints the settings it would serve with."""
+    program, *args = command or ["python", "-m", "oidc_server.serve"]
+    assert program == "python"
+    checked = _run(sys.executable, *args, "--check", env=env)
+    assert checked.returncode == 0, checked.stderr[-3000:]
+    return json.loads(checked.stdout.strip().splitlines()[-1])
+
+
+def test_the_app_command_loads_the_app_under_the_production_server(
     services: dict[str, Any], tmp_path: Path
 ) -> None:
-    """``gunicorn --check-config`` imports the app and calls its factory with compose's env."""
-    program, *args = services["app"]["command"]
-    assert program == "gunicorn"
-    config = _image_path_to_repo(args[args.index("-c") + 1])
+    """The command imports the app and calls its factory with compose's env."""
+    command = services["app"]["command"]
+    assert command == ["python", "-m", "oidc_server.serve"]
     env = _clean_env(tmp_path, service_env(services["app"]))
-    checked = _run(str(BIN / "gunicorn"), "--check-config", "-c", str(config), env=env)
-    assert checked.returncode == 0, checked.stderr[-3000:]
+    settings = _server_settings(env, command)
+    assert settings["workers"] == int(service_env(services["app"])["WEB_CONCURRENCY"])
     assert list((tmp_path / "keys").glob("*.pem")), "create_app() did not run"
 
 
-def _gunicorn_settings(env: dict[str, str]) -> dict[str, str]:
-    printed = _run(
-        str(BIN / "gunicorn"), "--print-config", "-c", str(ROOT / "gunicorn.conf.py"), env=env
-    )
-    assert printed.returncode == 0, printed.stderr[-3000:]
-    pairs = (line.split(" = ", 1) for line in printed.stdout.splitlines() if " = " in line)
-    return {k.strip(): v.strip() for k, v in pairs}
-
-
 def test_every_port_matches(services: dict[str, Any], tmp_path: Path) -> None:
-    """nginx's upstream, gunicorn's bind, the exposed port and the health check agree."""
+    """nginx's upstream, the server's bind, the exposed port and the health check agree."""
     app_env = service_env(services["app"])
     env = _clean_env(tmp_path, app_env)
-    bind = _gunicorn_settings(env)["bind"]
+    bind = _server_settings(env)["bind"]
     port = app_env["PORT"]
-    assert bind == repr([f"0.0.0.0:{port}"])
+    assert bind == f"0.0.0.0:{port}"
 
     upstreams = _nginx_upstreams(nginx_conf())
     (upstream,) = upstreams
@@ -324,31 +324,33 @@ def test_every_port_matches(services: dict[str, Any], tmp_path: Path) -> None:
     healthcheck = services["app"]["healthcheck"]["test"]
     assert healthcheck[:2] == ["CMD", "python"]
     assert _image_path_to_repo(healthcheck[2]) == ROOT / "deploy" / "healthcheck.py"
-    assert healthcheck[3] == "/health/ready"  # and the script reads PORT, as gunicorn does
+    assert healthcheck[3] == "/health/ready"  # and the script reads PORT, as the server does
 
     (listen,) = re.findall(r"^\s*listen\s+(\d+);", nginx_conf(), re.M)
     (published,) = services["nginx"]["ports"]
     assert published.rsplit(":", 1)[1] == listen
 
 
-def test_gunicorn_takes_workers_and_bind_from_the_environment(tmp_path: Path) -> None:
+def test_the_server_takes_workers_threads_and_bind_from_the_environment(tmp_path: Path) -> None:
     env = _clean_env(
         tmp_path,
-        {"HOST": "::1", "PORT": "9123", "WEB_CONCURRENCY": "7", "GUNICORN_WORKER_CLASS": "sync"},
+        {
+            "HOST": "::1",
+            "PORT": "9123",
+            "WEB_CONCURRENCY": "7",
+            "WEB_THREADS": "3",
+            "WEB_TIMEOUT": "4",
+        },
     )
-    settings = _gunicorn_settings(env)
-    assert settings["bind"] == repr(["[::1]:9123"])
-    assert settings["workers"] == "7"
-    assert settings["worker_class"] == "sync"
-    assert settings["preload_app"] == "False"
-    assert settings["wsgi_app"] == "oidc_server.app:create_app()"
+    settings = _server_settings(env)
+    assert settings["bind"] == "[::1]:9123"
+    assert (settings["workers"], settings["threads"], settings["timeout"]) == (7, 3, 4)
+    assert settings["head_timeout"] == 4  # never longer than the whole request's
 
 
-def test_default_workers_follow_2n_plus_1_with_a_cap() -> None:
-    import runpy
-
-    default_workers = runpy.run_path(str(ROOT / "gunicorn.conf.py"))["default_workers"]
-    assert [default_workers(n) for n in (1, 2, 4, 5, 64)] == [3, 5, 9, 11, 12]
+def test_default_workers_are_one_per_core_with_a_cap() -> None:
+    assert [default_workers(n) for n in (1, 2, 4, 5, 64)] == [1, 2, 4, 5, MAX_DEFAULT_WORKERS]
+    assert MAX_DEFAULT_WORKERS == 12
 
 
 def test_nginx_sends_every_request_to_the_app_service_and_hides_metrics(
@@ -439,7 +441,7 @@ def test_the_image_checks_its_health_and_runs_what_compose_runs(
     assert env["PORT"] == service_env(services["app"])["PORT"] == final["EXPOSE"]
     assert env["OIDC_KEYS_DIR"] == service_env(services["app"])["OIDC_KEYS_DIR"]
     assert set(env) - {"PATH", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED"} <= (
-        SETTINGS_VARIABLES | GUNICORN_VARIABLES
+        SETTINGS_VARIABLES | SERVER_VARIABLES
     )
 
 
@@ -475,7 +477,7 @@ def test_the_dockerfile_follows_the_usual_lint_rules(
             if instruction == "WORKDIR":
                 assert args.startswith("/"), "absolute WORKDIR (DL3000)"
             if instruction in {"CMD", "ENTRYPOINT"}:
-                json.loads(args)  # exec form, so signals reach gunicorn (DL3025)
+                json.loads(args)  # exec form, so signals reach the server (DL3025)
             if instruction == "RUN" and "apt-get install" in args:
                 assert "--no-install-recommends" in args, "DL3015"
             if instruction == "RUN" and "pip install" in args:
@@ -484,11 +486,11 @@ def test_the_dockerfile_follows_the_usual_lint_rules(
                 assert ":latest" not in args and ":" in args.split()[0], "pin the base (DL3007)"
 
 
-def test_make_run_prod_migrates_then_serves_under_gunicorn() -> None:
+def test_make_run_prod_migrates_then_serves_under_the_production_server() -> None:
     dry_run = _run("make", "-n", "run-prod")
     assert dry_run.returncode == 0, dry_run.stderr
     lines = dry_run.stdout.splitlines()
     upgrade = next(i for i, line in enumerate(lines) if "oidc-server db upgrade" in line)
-    serve = next(i for i, line in enumerate(lines) if "gunicorn -c gunicorn.conf.py" in line)
+    serve = next(i for i, line in enumerate(lines) if "python -m oidc_server.serve" in line)
     assert upgrade < serve
     assert "APP_ENV=${APP_ENV:-production}" in lines[serve]

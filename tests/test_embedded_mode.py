@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -11,12 +10,7 @@ from pathlib import Path
 import requests
 
 from .support.cli import OIDC_SERVER
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from .support.waiting import free_port
 
 
 def test_upgrade_then_serve_answers_discovery_and_issues_tokens(tmp_path: Path) -> None:

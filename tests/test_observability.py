@@ -366,7 +366,7 @@ print(create_app(settings).test_client().get("/metrics").get_data(as_text=True))
 
 
 def test_multiprocess_mode_sums_every_process(tmp_path: Path) -> None:
-    """What gunicorn's workers do: each writes its own files, any of them serves the sum."""
+    """What the server's workers do: each writes its own files, any of them serves the sum."""
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
@@ -387,52 +387,15 @@ def test_multiprocess_mode_sums_every_process(tmp_path: Path) -> None:
     assert len(list(metrics_dir.glob("counter_*.db"))) >= 2
 
 
-# gunicorn's hooks for the metrics folder ----------------------------------------------------
+@pytest.mark.parametrize("level", ["warning", "WARNING", "Warning"])
+def test_log_level_is_read_in_any_case(level: str) -> None:
+    # LOG_LEVEL=info is how most deployments spell it, and granian's own option is lowercase.
+    from oidc_server.logs import configure_logging
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _gunicorn_conf(monkeypatch: pytest.MonkeyPatch, metrics_dir: Path) -> dict[str, Any]:
-    import runpy
-
-    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
-    return runpy.run_path(str(ROOT / "gunicorn.conf.py"))
-
-
-def test_child_exit_drops_a_dead_workers_live_gauges_and_keeps_its_counters(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from types import SimpleNamespace
-
-    conf = _gunicorn_conf(monkeypatch, tmp_path)
-    for name in ("gauge_livesum_4242.db", "counter_4242.db", "gauge_livesum_4343.db"):
-        (tmp_path / name).write_bytes(b"")
-    conf["child_exit"](None, SimpleNamespace(pid=4242))
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "counter_4242.db",
-        "gauge_livesum_4343.db",
-    ]
-
-
-def test_on_starting_clears_an_earlier_runs_metrics(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    conf = _gunicorn_conf(monkeypatch, tmp_path)
-    (tmp_path / "counter_1.db").write_bytes(b"")
-    (tmp_path / "histogram_2.db").write_bytes(b"")
-    conf["on_starting"](None)
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_a_metrics_folder_made_by_the_config_is_removed_at_exit(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import runpy
-
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    monkeypatch.delenv("OIDC_GUNICORN_CREATED_METRICS_DIR", raising=False)
-    conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
-    made = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
-    assert made.is_dir() and made == conf["metrics_dir"]
-    conf["on_exit"](None)
-    assert not made.exists()
+    root = logging.getLogger()
+    before = root.level
+    try:
+        configure_logging(level)
+        assert root.level == logging.WARNING
+    finally:
+        root.setLevel(before)

@@ -1,10 +1,10 @@
 """Two servers, one database, one Redis: no node answers differently from another.
 
-Two gunicorn processes (each with two workers, started by the real ``gunicorn.conf.py``) on
-two ports share the test database (PostgreSQL with TEST_DATABASE_URL, else one SQLite file)
-and a Redis this module starts for itself. A session started on one node is refreshed and
-ended on the other; a key rotated through the CLI reaches both without a restart; a rate
-limit hit on one holds on the other.
+Two servers (each with two workers, started by ``python -m oidc_server.serve`` as in
+production) on two ports share the test database (PostgreSQL with TEST_DATABASE_URL, else one
+SQLite file) and a Redis this module starts for itself. A session started on one node is
+refreshed and ended on the other; a key rotated through the CLI reaches both without a
+restart; a rate limit hit on one holds on the other.
 
 The end of the module checks ``oidc_server.tokens.redis_connect`` against real deployments
 started the same way: a single server, a master behind Sentinel, and a three-node Cluster.
@@ -36,37 +36,22 @@ from oidc_server.tokens.redis_store import RedisTokenStore
 from oidc_server.tokens.store import RefreshRecord, RotateOutcome, SessionRecord
 
 from .support.cli import run_cli, settings_env
+from .support.waiting import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 PASSWORD = "scale out password 1234"
 ISSUER = "http://oidc.scale-out.test"
-#: A readiness or propagation poll gives up after this long; none of these is a speed check.
-DEADLINE = 60.0
 #: The login limit the rate-limit test exercises; every other test signs in from its own
 #: (forwarded) client address, so none of them eats into another's budget.
 LOGIN_LIMIT = 3
 _addresses = itertools.count(1)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def client_address() -> dict[str, str]:
     """Headers that make the request come from a client address no other test uses."""
     n = next(_addresses)
     return {"X-Forwarded-For": f"198.51.100.{n % 250 + 1}"}
-
-
-def wait_for(check: Callable[[], bool], what: str, deadline: float = DEADLINE) -> None:
-    """Poll ``check`` until it holds; fail with ``what`` after ``deadline`` seconds."""
-    give_up = time.monotonic() + deadline
-    while not check():
-        assert time.monotonic() < give_up, f"gave up waiting: {what}"
-        time.sleep(0.1)
 
 
 # Processes --------------------------------------------------------------------------------
@@ -191,7 +176,7 @@ def start_node(env: dict[str, str], name: str, folder: Path) -> Node:
     node_env = {**env, "PORT": str(port), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     with open(log, "wb") as sink:
         process = subprocess.Popen(
-            [str(BIN / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py")],
+            [sys.executable, "-m", "oidc_server.serve"],
             cwd=ROOT,
             env=node_env,
             stdout=sink,
@@ -234,7 +219,7 @@ def cluster(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         APP_ENV="production" if database_url.startswith("postgresql") else "test",
         HOST="127.0.0.1",
         WEB_CONCURRENCY="2",
-        GUNICORN_THREADS="4",
+        WEB_THREADS="4",
         RATELIMIT_ENABLED="true",
         RATELIMIT_LOGIN=f"{LOGIN_LIMIT} per minute",
         # As behind the load balancer: the client address is the forwarded one.

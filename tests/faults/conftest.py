@@ -1,7 +1,7 @@
 """Own instances for the fault tests: they stop, freeze and kill services, never the shared ones.
 
 One PostgreSQL cluster is made (``initdb``) once per run and holds one migrated database that
-every module's servers use; each module starts its own Redis and gunicorn processes and stops
+every module's servers use; each module starts its own Redis and app server processes and stops
 them at its end. Like the storage tests, these need a PostgreSQL installation: they run
 whenever ``TEST_DATABASE_URL`` is set (always in CI) and fail loudly if the server binaries
 are missing then.

@@ -1,4 +1,4 @@
-"""Private PostgreSQL, Redis and gunicorn processes that the fault tests stop, freeze and kill.
+"""Private PostgreSQL, Redis and app server processes that the fault tests stop, freeze and kill.
 
 Nothing here touches the shared services (PostgreSQL on 5432, Redis on 6379): every instance
 listens on a free loopback port and keeps its files in a folder of its own.
@@ -10,40 +10,23 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import redis
 import requests
 
+from ..support.waiting import free_port, wait_for
+
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-#: A poll for a process or a state gives up after this long; none of them is a speed check.
-DEADLINE = 60.0
 #: The client-side limit of one HTTP request to a server under test.
 REQUEST_TIMEOUT = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(check: Callable[[], Any], what: str, deadline: float = DEADLINE) -> Any:
-    """Poll ``check`` until it answers something true, and return that; fail after ``deadline``."""
-    give_up = time.monotonic() + deadline
-    while True:
-        found = check()
-        if found:
-            return found
-        assert time.monotonic() < give_up, f"gave up waiting: {what}"
-        time.sleep(0.02)
+#: granian exits (crash-loop detection) when a worker slot dies again within 5.5 s of its
+#: last respawn; a worker is killed again only once its replacement is older than this.
+RESPAWN_GRACE = 6.5
 
 
 def _tail(path: Path, size: int = 4000) -> str:
@@ -222,23 +205,29 @@ def _children(pid: int) -> list[int]:
 
 
 class Server:
-    """The app under gunicorn, started by the repository's ``gunicorn.conf.py`` as in production."""
+    """The app under granian, started by ``python -m oidc_server.serve`` as in production.
+
+    The process started is granian's main process; its children are the workers (forked), and
+    it starts a new worker in place of one that dies.
+    """
 
     def __init__(self, env: dict[str, str], folder: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = folder / f"gunicorn-{self.port}.log"
+        self.log = folder / f"server-{self.port}.log"
         self.env = {
             **env,
             "PORT": str(self.port),
             "PROMETHEUS_MULTIPROC_DIR": str(folder / f"metrics-{self.port}"),
         }
         self.process: subprocess.Popen[bytes] | None = None
+        #: When the last replacement of a killed worker was seen (``time.monotonic()``).
+        self._respawned: float | None = None
 
     def start(self) -> None:
         with open(self.log, "wb") as sink:
             self.process = subprocess.Popen(
-                [str(BIN / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py")],
+                [sys.executable, "-m", "oidc_server.serve"],
                 cwd=ROOT,
                 env=self.env,
                 stdout=sink,
@@ -269,13 +258,17 @@ class Server:
 
     def worker(self) -> int:
         """The pid of the one worker (these servers run ``WEB_CONCURRENCY=1``)."""
-        workers = wait_for(self.workers, "a gunicorn worker")
+        workers = wait_for(self.workers, "a server worker")
         assert len(workers) == 1, f"expected one worker, found {workers}"
         return workers[0]
 
-    def answers(self, path: str = "/health/ready") -> bool:
+    def assert_running(self) -> None:
         assert self.process is not None
-        assert self.process.poll() is None, f"gunicorn exited:\n{self.logs()}"
+        code = self.process.poll()
+        assert code is None, f"the server exited (status {code}):\n{self.logs()}"
+
+    def answers(self, path: str = "/health/ready") -> bool:
+        self.assert_running()
         try:
             return self.get(path, timeout=5).status_code == 200
         except requests.RequestException:
@@ -284,10 +277,30 @@ class Server:
     def wait_ready(self) -> None:
         wait_for(self.answers, f"{self.url} ready")
 
+    def wait_until_killable(self) -> None:
+        """Sleep until a worker kill would not look like a crash loop to granian.
+
+        Call it before setting up what the kill interrupts (a request that waits only so long).
+        """
+        if self._respawned is not None:
+            time.sleep(max(0.0, self._respawned + RESPAWN_GRACE - time.monotonic()))
+
     def kill_worker(self) -> int:
-        """SIGKILL the worker (gunicorn's master starts a replacement); returns the victim."""
+        """SIGKILL the worker; returns the victim once granian has started its replacement."""
+        since = None if self._respawned is None else time.monotonic() - self._respawned
+        assert since is None or since >= RESPAWN_GRACE, (
+            f"a kill {since:.1f} s after the last respawn would stop the whole server"
+        )
         victim = self.worker()
         os.kill(victim, signal.SIGKILL)
+
+        def replaced() -> list[int]:
+            self.assert_running()
+            return [pid for pid in self.workers() if pid != victim]
+
+        wait_for(replaced, f"a worker in place of {victim}")
+        # Seen after granian noted the respawn, so the grace counted from here is long enough.
+        self._respawned = time.monotonic()
         wait_for(lambda: victim not in self.workers(), f"worker {victim} gone")
         return victim
 
@@ -301,6 +314,6 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=10)
-        for pid in workers:  # a master killed outright leaves its workers behind
+        for pid in workers:  # a main process killed outright leaves its workers behind
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

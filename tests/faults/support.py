@@ -50,7 +50,7 @@ def server_env(
         INSTANCE_DIR=str(own / "instance"),
         HOST="127.0.0.1",
         WEB_CONCURRENCY="1",
-        GUNICORN_THREADS="4",
+        WEB_THREADS="4",
         # Cheap argon2id so that the tests are about faults, not hashing.
         PASSWORD_HASH_TIME_COST="1",
         PASSWORD_HASH_MEMORY_COST="1024",
@@ -128,7 +128,7 @@ def assert_unavailable(response: requests.Response) -> None:
 
 
 class Launcher:
-    """Starts a module's Redis and gunicorn processes and stops them all at the module's end."""
+    """Starts a module's Redis and app server processes and stops them all at the module's end."""
 
     def __init__(self, folder: Path, database_url: str, signing_key: Path) -> None:
         self.folder = folder

@@ -2,10 +2,12 @@
 half-created user, no session that login history does not show, and no refresh token spent
 twice.
 
-The app runs under gunicorn with one sync worker, against the fault tests' own PostgreSQL and
-a Redis of this module's own. The kill lands mid-operation deterministically, without any
-hook in the app: the test makes the step it aims at wait, sees the worker waiting there,
-and kills it.
+The app runs under the production server (granian) with one worker that runs one request at a
+time (``WEB_THREADS=1``), against the fault tests' own PostgreSQL and a Redis of this module's
+own. The kill lands mid-operation deterministically, without any hook in the app: the test
+makes the step it aims at wait, sees the worker waiting there, and kills it. granian starts a
+new worker in its place, but stops altogether if that one dies too within 5.5 s: before each
+kill the test lets the previous replacement grow older than that.
 
 - A database step waits on a table the test has locked (``LOCK TABLE ... IN ACCESS
   EXCLUSIVE MODE`` in an open transaction); ``pg_locks`` shows the worker's backend waiting.
@@ -64,7 +66,7 @@ class Crash:
 @pytest.fixture(scope="module")
 def crash(launch: Launcher, fault_postgres: PostgresInstance) -> Crash:
     redis_instance = launch.redis()
-    server = launch.server(redis_instance.url(0), GUNICORN_WORKER_CLASS="sync")
+    server = launch.server(redis_instance.url(0), WEB_THREADS="1")
     return Crash(server, redis_instance, fault_postgres)
 
 
@@ -92,6 +94,8 @@ def kill_mid_request(
     crash: Crash, send: Callable[[], requests.Response], waiting: Callable[[], Any], where: str
 ) -> Any:
     """Send a request, wait until it waits at ``where``, SIGKILL the worker."""
+    # Before the request: the Redis steps wait only 2 s, the kill must come within them.
+    crash.server.wait_until_killable()
     request = InFlight(send)
     found = wait_for(waiting, f"the request waiting {where}")
     crash.server.kill_worker()

@@ -1,9 +1,10 @@
 """PostgreSQL down: probes tell the truth, keys and discovery keep answering, database calls
 answer 503, and the same process serves again by itself when PostgreSQL is back.
 
-One gunicorn server in production mode uses the fault tests' own PostgreSQL cluster, which
-the tests stop with ``pg_ctl stop -m immediate`` (every connection cut, as in a crash) and
-start again. The engine's ``pool_pre_ping`` replaces the dead pooled connections afterwards.
+One server in production mode (``python -m oidc_server.serve``, as deployed) uses the fault
+tests' own PostgreSQL cluster, which the tests stop with ``pg_ctl stop -m immediate`` (every
+connection cut, as in a crash) and start again. The engine's ``pool_pre_ping`` replaces the
+dead pooled connections afterwards.
 
 What needs only Redis keeps working during the outage: signing out (a session ends in the
 token store) and ``HEAD`` role checks already in the shared role cache. A check the cache

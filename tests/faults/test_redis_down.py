@@ -1,7 +1,7 @@
 """Redis down: whatever needs it answers 503 at once, nothing is accepted unchecked, and the
 same process serves again by itself when Redis is back.
 
-One gunicorn server in production mode (rate limits on, as deployed) uses a Redis of its own,
+One server in production mode (rate limits on, as deployed) uses a Redis of its own,
 which the tests kill (connections refused) or freeze with SIGSTOP (connections hang). Redis
 keeps its data over the outage (AOF, fsync always), as production's does.
 

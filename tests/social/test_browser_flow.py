@@ -125,7 +125,7 @@ def test_state_is_kept_server_side_not_in_a_cookie(client, fake):
 
 
 def test_another_worker_can_finish_the_flow(app: Flask, settings, token_store, fake):
-    """Two app instances sharing the store and database, like two gunicorn workers."""
+    """Two app instances sharing the store and database, like two server workers."""
     other = create_app(settings, store=token_store)
     try:
         callback = local(authorize(start(app.test_client(), "google")))

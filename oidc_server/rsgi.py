@@ -1,0 +1,185 @@
+"""The WSGI app served through granian's RSGI interface, with the request body read before it runs.
+
+granian's own WSGI mode hands a request to a Python thread before its body has arrived, so a
+client that trickles its body holds that thread for as long as it likes. Through RSGI the
+request reaches Python with its body unread, and granian reads it asynchronously (in Rust)
+when asked. So here the body is awaited on the worker's event loop, under a deadline and a size
+limit, holding no thread; only a complete request is handed to a thread of the pool that runs
+the (blocking) Flask app.
+
+What is refused here, before the app sees the request:
+
+- a body larger than ``max_body`` bytes: 413, unread when ``Content-Length`` announces it;
+- a body that has not fully arrived ``body_timeout`` seconds after the head: 408.
+
+The request line and headers are granian's to bound: ``http1_header_read_timeout`` and
+``http1_buffer_size`` (``oidc_server/serve.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import sys
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+Headers = list[tuple[str, str]]
+
+#: Headers WSGI places under their own names rather than as ``HTTP_*``.
+_UNPREFIXED = {"content-type": "CONTENT_TYPE", "content-length": "CONTENT_LENGTH"}
+
+
+class BodyTooLarge(Exception):
+    """The request body is larger than the server accepts."""
+
+
+def _error(status: int, error: str, description: str) -> tuple[int, Headers, bytes]:
+    body = json.dumps({"error": error, "error_description": description}).encode()
+    headers = [
+        ("content-type", "application/json"),
+        ("content-length", str(len(body))),
+        ("cache-control", "no-store"),
+        ("connection", "close"),
+    ]
+    return status, headers, body
+
+
+def _split_address(address: str) -> tuple[str, str]:
+    """``"1.2.3.4:80"`` or ``"[::1]:80"`` into host and port."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), port
+
+
+def build_environ(scope: Any, body: bytes) -> dict[str, Any]:
+    """A WSGI environ (PEP 3333) for an RSGI request scope and its whole body."""
+    server_host, server_port = _split_address(scope.server)
+    remote_host, remote_port = _split_address(scope.client)
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": scope.method,
+        "SCRIPT_NAME": "",
+        # WSGI carries the path as latin-1 decoded bytes; RSGI gives it already percent-decoded
+        # as UTF-8 text, as werkzeug expects to receive it back.
+        "PATH_INFO": scope.path.encode("utf-8", "surrogateescape").decode("latin-1"),
+        "QUERY_STRING": scope.query_string,
+        "SERVER_NAME": server_host,
+        "SERVER_PORT": server_port,
+        "SERVER_PROTOCOL": f"HTTP/{scope.http_version}",
+        "REMOTE_ADDR": remote_host,
+        "REMOTE_PORT": remote_port,
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": scope.scheme,
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.input_terminated": True,
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+    }
+    for name, value in scope.headers.items():
+        name = name.lower()
+        if "_" in name:
+            # "X_Forwarded_For" would land on the same key as "X-Forwarded-For": drop it, as
+            # nginx does, so no proxy-set header can be shadowed this way.
+            continue
+        key = _UNPREFIXED.get(name) or "HTTP_" + name.upper().replace("-", "_")
+        if key in environ:
+            environ[key] += ("; " if key == "HTTP_COOKIE" else ", ") + value
+        else:
+            environ[key] = value
+    environ.setdefault("CONTENT_LENGTH", str(len(body)) if body else "")
+    return environ
+
+
+def run_wsgi(app: WSGIApp, environ: dict[str, Any]) -> tuple[int, Headers, bytes]:
+    """Call ``app`` and collect its whole response (ours are small JSON, HTML or files)."""
+    started: list[Any] = []
+
+    def start_response(status: str, headers: Headers, exc_info: Any = None) -> Callable[..., Any]:
+        started[:] = [int(status.split(" ", 1)[0]), headers]
+        return lambda data: None  # the legacy write() callable; nothing of ours uses it
+
+    result = app(environ, start_response)
+    try:
+        body = b"".join(result)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    status, headers = started
+    return status, headers, body
+
+
+class RSGIServer:
+    """An RSGI application that runs a WSGI app once its request has fully arrived."""
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        *,
+        threads: int,
+        max_body: int,
+        body_timeout: float | None,
+        on_loop_start: Callable[[asyncio.AbstractEventLoop], None] | None = None,
+    ) -> None:
+        self.app = app
+        self.max_body = max_body
+        self.body_timeout = body_timeout
+        self.on_loop_start = on_loop_start
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="request")
+
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        """granian calls this in the worker once its event loop exists."""
+        if self.on_loop_start is not None:
+            self.on_loop_start(loop)
+
+    async def __rsgi__(self, scope: Any, protocol: Any) -> None:
+        if scope.proto != "http":  # websockets: none of ours
+            protocol.close(1008)
+            return
+        try:
+            body = await asyncio.wait_for(self._read_body(scope, protocol), self.body_timeout)
+        except BodyTooLarge:
+            status, headers, payload = _error(
+                413, "invalid_request", f"the request body is larger than {self.max_body} bytes"
+            )
+        except TimeoutError:
+            status, headers, payload = _error(
+                408, "invalid_request", "the request body did not arrive in time"
+            )
+        else:
+            environ = build_environ(scope, body)
+            loop = asyncio.get_running_loop()
+            status, headers, payload = await loop.run_in_executor(
+                self.pool, run_wsgi, self.app, environ
+            )
+        protocol.response_bytes(status, headers, payload)
+
+    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        """granian calls this when the worker stops: let running requests finish."""
+        self.pool.shutdown(wait=True)
+
+    async def _read_body(self, scope: Any, protocol: Any) -> bytes:
+        announced = scope.headers.get("content-length")
+        if announced is not None:
+            try:
+                length = int(announced)
+            except ValueError:
+                length = -1  # hyper refuses malformed lengths before we get here
+            if length > self.max_body:
+                raise BodyTooLarge
+            if length >= 0:
+                return await protocol() if length else b""
+        if "transfer-encoding" not in scope.headers:
+            return b""
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in protocol:
+            size += len(chunk)
+            if size > self.max_body:
+                raise BodyTooLarge
+            chunks.append(chunk)
+        return b"".join(chunks)

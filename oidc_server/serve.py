@@ -1,0 +1,328 @@
+"""Production server: granian (an HTTP server written in Rust) running the app through RSGI.
+
+    python -m oidc_server.serve        (make run-prod, the image's command)
+    python -m oidc_server.serve --check  (load the app once, print the settings, exit)
+
+Read from the environment, beside the app's own settings (``oidc_server/config.py``):
+
+- ``HOST`` / ``PORT``: where to listen (the app's settings use the same two variables).
+- ``WEB_CONCURRENCY``: worker processes; default one per usable core, at most
+  ``MAX_DEFAULT_WORKERS``. Each is an event loop that reads requests (in Rust) and a pool of
+  ``WEB_THREADS`` threads (default 4) that run the Flask app on complete requests.
+- ``WEB_TIMEOUT`` (default 30 s): a request body must have arrived within it (else 408), and a
+  worker whose event loop has not ticked for this long is killed and replaced. ``0`` turns
+  both off. The request line and headers have ``min(HEAD_TIMEOUT, WEB_TIMEOUT)``.
+- ``PROMETHEUS_MULTIPROC_DIR``: where workers write their metrics; a fresh temporary folder,
+  removed at exit, when unset. Stale files in a given folder are cleared at start.
+- ``LOG_LEVEL``: as for the app. granian's own lines are JSON like the app's.
+
+Why granian and not gunicorn (docs/scaling.md has the figures): the same app served 25-30 %
+more ``client_credentials`` tokens on the same cores, and much more for cheap requests, because
+HTTP parsing and connection handling leave Python. Slow clients hold no thread: heads are read
+by granian under a deadline, bodies are awaited on the event loop (``oidc_server/rsgi.py``).
+
+Every worker builds its own app after the fork: no database engine, Redis pool or key ring
+crosses it. The main process imports the code first, so workers share those pages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("oidc_server.serve")
+
+#: More processes than this seldom help: the heavy work (argon2id, RS256 signing) is CPU-bound,
+#: each worker holds its own PostgreSQL pool (up to ``threads`` connections in use) and each
+#: argon2id hash in flight needs 64 MiB. Set ``WEB_CONCURRENCY`` to go past it deliberately.
+MAX_DEFAULT_WORKERS = 12
+#: Seconds a client has to send a request's line and headers (nginx's client_header_timeout
+#: in deploy/nginx.conf is the same).
+HEAD_TIMEOUT = 10.0
+#: Largest request head (request line and headers together) accepted; a larger one is refused
+#: with 431 before the app sees it. Also deploy/nginx.conf's large_client_header_buffers.
+MAX_HEAD_BYTES = 16 * 1024
+#: How often a worker proves that its event loop runs, in seconds.
+HEARTBEAT_INTERVAL = 1.0
+_HEARTBEATS_ENV = "OIDC_SERVE_HEARTBEATS_DIR"
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    return int(raw) if raw else default
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (a cpuset limits them), not all the machine's."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def default_workers(cores: int) -> int:
+    """One worker per core: a worker's event loop and threads keep its core busy on their own."""
+    return max(1, min(cores, MAX_DEFAULT_WORKERS))
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    host: str
+    port: int
+    workers: int
+    threads: int
+    timeout: int
+    log_level: str
+
+    @classmethod
+    def from_env(cls) -> ServeSettings:
+        return cls(
+            host=os.environ.get("HOST", "127.0.0.1"),
+            port=_int_env("PORT", 8000),
+            workers=max(1, _int_env("WEB_CONCURRENCY", default_workers(usable_cores()))),
+            threads=max(1, _int_env("WEB_THREADS", 4)),
+            timeout=max(0, _int_env("WEB_TIMEOUT", 30)),
+            log_level=os.environ.get("LOG_LEVEL", "info").strip().lower() or "info",
+        )
+
+    @property
+    def bind(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def head_timeout(self) -> float:
+        return min(HEAD_TIMEOUT, self.timeout) if self.timeout else 60.0  # granian's maximum
+
+
+# In each worker -----------------------------------------------------------------------------
+
+
+def rsgi_app() -> Any:
+    """The factory granian calls in each worker: the Flask app behind the RSGI adapter."""
+    from .app import create_app
+    from .rsgi import RSGIServer
+
+    settings = ServeSettings.from_env()
+    app = create_app()
+    heartbeats = os.environ.get(_HEARTBEATS_ENV)
+    return RSGIServer(
+        app,
+        threads=settings.threads,
+        max_body=app.config["MAX_CONTENT_LENGTH"],
+        body_timeout=float(settings.timeout) if settings.timeout else None,
+        on_loop_start=_heartbeat(Path(heartbeats)) if heartbeats else None,
+    )
+
+
+def _heartbeat(folder: Path) -> Any:
+    """Touch ``folder/<pid>`` from the worker's event loop every second: proof that it runs."""
+
+    def start(loop: Any) -> None:
+        beat = folder / str(os.getpid())
+
+        def tick() -> None:
+            beat.touch()
+            loop.call_later(HEARTBEAT_INTERVAL, tick)
+
+        loop.call_soon_threadsafe(tick)
+
+    return start
+
+
+# In the main process ------------------------------------------------------------------------
+
+
+class Watchdog(threading.Thread):
+    """Kills any worker whose heartbeat is older than ``timeout``; granian starts another.
+
+    A worker's event loop stops ticking when the process is wedged (the GIL held by a stuck C
+    call, a deadlock, SIGSTOP): requests already routed to it would wait for ever.
+    """
+
+    def __init__(self, folder: Path, timeout: float, metrics: Path) -> None:
+        super().__init__(name="worker-watchdog", daemon=True)
+        self.folder, self.timeout, self.metrics = folder, timeout, metrics
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(HEARTBEAT_INTERVAL):
+            self.check(time.time())
+
+    def check(self, now: float) -> list[int]:
+        """Kill the workers silent for longer than ``timeout``; returns their pids. Also
+        forgets the workers that have gone, with their live gauges (prometheus_client's
+        multiprocess mode; their counters stay, so totals never go down)."""
+        from prometheus_client import multiprocess
+
+        killed = []
+        for beat in self.folder.iterdir():
+            try:
+                pid, age = int(beat.name), now - beat.stat().st_mtime
+            except (ValueError, FileNotFoundError):
+                continue
+            if not _alive(pid):
+                beat.unlink(missing_ok=True)
+                multiprocess.mark_process_dead(pid, str(self.metrics))
+            elif age > self.timeout:
+                log.error("worker %s silent for %.0f s: killing it", pid, age)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                beat.unlink(missing_ok=True)
+                killed.append(pid)
+        return killed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (dead, not yet reaped) still answers signal 0.
+    with contextlib.suppress(OSError):
+        if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
+            return False
+    return True
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """granian's loggers, JSON on stderr like the app's; its access log stays off (the app
+    writes one line per request with its request id)."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "oidc_server.logs.JsonFormatter"}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "root": {"level": level.upper(), "handlers": ["stderr"]},
+        "loggers": {
+            "_granian": {"level": level.upper(), "handlers": [], "propagate": True},
+            "granian.access": {"level": "CRITICAL", "handlers": [], "propagate": False},
+        },
+    }
+
+
+class PortTaken(SystemExit):
+    """Another process already listens where this server would."""
+
+
+def refuse_a_taken_port(host: str, port: int) -> None:
+    """Exit if something already listens on ``host:port``.
+
+    granian binds with SO_REUSEPORT, so a second server started on a taken port (a second
+    ``make run-prod``, a stale process) would start silently and take half the connections.
+    A bind without SO_REUSEPORT fails if anything listens there.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no owner
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise PortTaken(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+
+
+def _metrics_folder() -> tuple[Path, bool]:
+    """The Prometheus multiprocess folder, emptied; True if made here (removed at exit)."""
+    made = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if made:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="oidc-metrics-")
+    folder = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):  # an earlier run's files would be summed in
+        stale.unlink(missing_ok=True)
+    return folder, made
+
+
+def build_server(settings: ServeSettings) -> Any:
+    from granian.constants import HTTPModes, Interfaces
+    from granian.http import HTTP1Settings
+    from granian.log import LogLevels
+    from granian.server import Server
+
+    return Server(
+        "oidc_server.serve:rsgi_app",
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.RSGI,
+        factory=True,
+        workers=settings.workers,
+        # HTTP/1.1 only: TLS and HTTP/2 end at the load balancer, and granian's HTTP/2 limits
+        # (16 MB of headers by default) are not the ones documented here.
+        http=HTTPModes.http1,
+        websockets=False,
+        http1_settings=HTTP1Settings(
+            header_read_timeout=int(settings.head_timeout * 1000),
+            max_buffer_size=MAX_HEAD_BYTES,
+        ),
+        respawn_failed_workers=True,
+        respawn_interval=0.5,
+        workers_kill_timeout=settings.timeout or None,
+        log_level=LogLevels(settings.log_level),
+        log_dictconfig=log_config(settings.log_level),
+        log_access=False,
+    )
+
+
+def check(settings: ServeSettings) -> dict[str, Any]:
+    """Build one worker's app and the server from this environment, without serving; returns
+    what would be served (``--check``: a deployment's command and variables, validated)."""
+    rsgi_app()
+    build_server(settings)
+    return {**asdict(settings), "head_timeout": settings.head_timeout, "bind": settings.bind}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m oidc_server.serve", description=__doc__)
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="load the app once with this environment, print the settings as JSON and exit",
+    )
+    args = parser.parse_args(argv)
+    settings = ServeSettings.from_env()
+    # Before the app is imported: prometheus_client picks its storage from this variable.
+    metrics, made_metrics = _metrics_folder()
+    heartbeats = Path(tempfile.mkdtemp(prefix="oidc-heartbeats-"))
+    os.environ[_HEARTBEATS_ENV] = str(heartbeats)
+    watchdog = None
+    try:
+        if args.check:
+            print(json.dumps(check(settings)))
+            return
+        refuse_a_taken_port(settings.host, settings.port)
+        # Imported once here, before the fork, so that workers share these pages.
+        importlib.import_module("oidc_server.app")
+        server = build_server(settings)
+        if settings.timeout:
+            watchdog = Watchdog(heartbeats, settings.timeout, metrics)
+            watchdog.start()
+        server.serve()
+    finally:
+        if watchdog:
+            watchdog.stopped.set()
+        shutil.rmtree(heartbeats, ignore_errors=True)
+        if made_metrics:
+            shutil.rmtree(metrics, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""The RSGI adapter's translation of a request into WSGI and of the app's answer back."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Any
+
+from oidc_server.rsgi import build_environ, run_wsgi
+
+
+class Headers:
+    """granian's RSGIHeaders: items() lists every pair, repeated names included."""
+
+    def __init__(self, pairs: list[tuple[str, str]]) -> None:
+        self.pairs = pairs
+
+    def items(self) -> list[tuple[str, str]]:
+        return list(self.pairs)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return next((v for k, v in self.pairs if k == key), default)
+
+    def __contains__(self, key: str) -> bool:
+        return any(k == key for k, _ in self.pairs)
+
+
+@dataclass
+class Scope:
+    headers: Headers
+    method: str = "POST"
+    path: str = "/oauth/token"
+    query_string: str = "a=1"
+    server: str = "127.0.0.1:8000"
+    client: str = "10.1.2.3:5555"
+    scheme: str = "http"
+    http_version: str = "1.1"
+    proto: str = "http"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def test_the_environ_carries_the_request() -> None:
+    scope = Scope(
+        Headers(
+            [
+                ("host", "auth.example"),
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("content-length", "4"),
+                ("x-request-id", "abc"),
+            ]
+        )
+    )
+    environ = build_environ(scope, b"a=b&")
+    assert environ["REQUEST_METHOD"] == "POST"
+    assert environ["PATH_INFO"] == "/oauth/token"
+    assert environ["QUERY_STRING"] == "a=1"
+    assert (environ["SERVER_NAME"], environ["SERVER_PORT"]) == ("127.0.0.1", "8000")
+    assert (environ["REMOTE_ADDR"], environ["REMOTE_PORT"]) == ("10.1.2.3", "5555")
+    assert environ["CONTENT_TYPE"] == "application/x-www-form-urlencoded"
+    assert environ["CONTENT_LENGTH"] == "4"
+    assert environ["HTTP_HOST"] == "auth.example"
+    assert environ["HTTP_X_REQUEST_ID"] == "abc"
+    assert environ["SERVER_PROTOCOL"] == "HTTP/1.1"
+    assert environ["wsgi.url_scheme"] == "http"
+    assert environ["wsgi.input"].read() == b"a=b&"
+    assert "HTTP_CONTENT_TYPE" not in environ and "HTTP_CONTENT_LENGTH" not in environ
+
+
+def test_an_ipv6_peer_loses_its_brackets() -> None:
+    environ = build_environ(Scope(Headers([]), client="[::1]:4000", server="[::]:80"), b"")
+    assert environ["REMOTE_ADDR"] == "::1"
+    assert environ["SERVER_NAME"] == "::"
+
+
+def test_repeated_headers_are_joined_and_cookies_with_semicolons() -> None:
+    scope = Scope(
+        Headers(
+            [
+                ("accept", "text/html"),
+                ("accept", "application/json"),
+                ("cookie", "a=1"),
+                ("cookie", "b=2"),
+            ]
+        )
+    )
+    environ = build_environ(scope, b"")
+    assert environ["HTTP_ACCEPT"] == "text/html, application/json"
+    assert environ["HTTP_COOKIE"] == "a=1; b=2"
+
+
+def test_a_header_with_an_underscore_cannot_shadow_its_dashed_twin() -> None:
+    scope = Scope(Headers([("x-forwarded-for", "198.51.100.7"), ("x_forwarded_for", "1.1.1.1")]))
+    environ = build_environ(scope, b"")
+    assert environ["HTTP_X_FORWARDED_FOR"] == "198.51.100.7"
+
+
+def test_a_non_ascii_path_arrives_as_wsgi_expects_it() -> None:
+    environ = build_environ(Scope(Headers([]), path="/api/v1/roles/кино"), b"")
+    # PEP 3333: the UTF-8 bytes, each carried as one latin-1 character.
+    assert environ["PATH_INFO"].encode("latin-1").decode("utf-8") == "/api/v1/roles/кино"
+
+
+def test_no_body_means_no_content_length() -> None:
+    environ = build_environ(Scope(Headers([]), method="GET"), b"")
+    assert environ["CONTENT_LENGTH"] == ""
+    assert environ["wsgi.input"].read() == b""
+
+
+def test_run_wsgi_collects_the_answer_and_closes_the_iterable() -> None:
+    closed = []
+
+    class Body(list[bytes]):
+        def close(self) -> None:
+            closed.append(True)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("201 Created", [("content-type", "text/plain")])
+        return Body([b"made ", environ["wsgi.input"].read()])
+
+    environ = {"wsgi.input": io.BytesIO(b"it")}
+    assert run_wsgi(app, environ) == (201, [("content-type", "text/plain")], b"made it")
+    assert closed == [True]

@@ -1,0 +1,437 @@
+"""The production server (``python -m oidc_server.serve``), run for real as production runs it.
+
+One worker with one thread and a 2 s ``WEB_TIMEOUT``, so that a request holding the thread
+would show at once, and cut-offs come quickly. Oversized heads are granian's to refuse; slow
+heads are cut off by its head deadline; bodies are awaited on the event loop under a deadline
+and a size limit (``oidc_server/rsgi.py``), never in the one thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from oidc_server.serve import MAX_HEAD_BYTES, Watchdog
+
+from .support.waiting import free_port, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+#: The server's WEB_TIMEOUT here: its head and body deadlines and the watchdog's limit.
+SHORT_TIMEOUT = 2
+#: Seconds within which a cut-off must happen, or the test fails.
+PATIENCE = 20.0
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    metrics: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def connect(self) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=PATIENCE)
+
+    def get(self, path: str) -> requests.Response:
+        return requests.get(self.url + path, timeout=PATIENCE)
+
+    def workers(self) -> list[int]:
+        found = subprocess.run(
+            ["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True, check=False
+        )
+        return [int(pid) for pid in found.stdout.split()]
+
+    def answers(self) -> bool:
+        assert self.process.poll() is None, self.log.read_text()[-3000:]
+        try:
+            return self.get("/health/live").status_code == 200
+        except requests.RequestException:
+            return False
+
+
+def start_server(folder: Path, signing_key_file: Path, **extra: str) -> Server:
+    (folder / "keys").mkdir(parents=True)
+    (folder / "keys" / signing_key_file.name).write_bytes(signing_key_file.read_bytes())
+    port = free_port()
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("OIDC_", "DATABASE_", "REDIS_", "TEST_", "WEB_", "PROMETHEUS_"))
+    }
+    env.update(
+        APP_ENV="test",
+        HOST="127.0.0.1",
+        PORT=str(port),
+        WEB_CONCURRENCY="1",
+        WEB_THREADS="1",
+        WEB_TIMEOUT=str(SHORT_TIMEOUT),
+        DATABASE_URL=f"sqlite:///{folder / 'unused.db'}",
+        OIDC_KEYS_DIR=str(folder / "keys"),
+        INSTANCE_DIR=str(folder / "instance"),
+        SECRET_KEY="serve-test-secret-" + "k" * 32,
+        PROMETHEUS_MULTIPROC_DIR=str(folder / "metrics"),
+        LOG_LEVEL="info",
+    )
+    env.update(extra)
+    log = folder / "server.log"
+    with open(log, "wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "oidc_server.serve"],
+            cwd=ROOT,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    server = Server(process, port, log, folder / "metrics")
+    wait_for(server.answers, "the server to answer")
+    return server
+
+
+def stop(server: Server) -> None:
+    server.process.terminate()
+    server.process.wait(timeout=PATIENCE)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, signing_key_file: Path) -> Iterator[Server]:
+    running = start_server(tmp_path_factory.mktemp("serve"), signing_key_file)
+    try:
+        yield running
+    finally:
+        stop(running)
+
+
+def read_response(sock: socket.socket) -> tuple[int, bytes]:
+    """Status and everything read until the server closes the connection or goes quiet."""
+    data = b""
+    sock.settimeout(PATIENCE)
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            break
+        if not chunk:
+            break
+        data += chunk
+        if b"\r\n\r\n" in data:
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = re.search(rb"content-length: (\d+)", head, re.I)
+            if length and len(body) >= int(length.group(1)):
+                break
+    match = re.match(rb"HTTP/1\.[01] (\d{3}) ", data)
+    assert match, data[:200]
+    return int(match.group(1)), data.partition(b"\r\n\r\n")[2]
+
+
+# Request heads ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "request_head"),
+    [
+        (
+            "one header too large",
+            b"GET /refused-1 HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * MAX_HEAD_BYTES + b"\r\n\r\n",
+        ),
+        (
+            "too many headers",
+            b"GET /refused-2 HTTP/1.1\r\nHost: x\r\n"
+            + b"".join(b"X-%d: 1\r\n" % n for n in range(150))
+            + b"\r\n",
+        ),
+        (
+            "request line too long",
+            b"GET /refused-3?" + b"q" * MAX_HEAD_BYTES + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        ),
+    ],
+)
+def test_an_oversized_request_head_is_refused_before_the_app(
+    server: Server, name: str, request_head: bytes
+) -> None:
+    with server.connect() as sock:
+        sock.sendall(request_head)
+        status, _ = read_response(sock)
+        assert status in (400, 414, 431)
+    # The server answered on its own: the app wrote no access line for any of these paths.
+    assert "/refused-" not in server.log.read_text()
+
+
+def test_a_head_within_the_limit_reaches_the_app(server: Server) -> None:
+    with server.connect() as sock:
+        sock.sendall(
+            b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Fine: "
+            + b"a" * (MAX_HEAD_BYTES // 2)
+            + b"\r\n\r\n"
+        )
+        assert read_response(sock)[0] == 200
+
+
+def trickle_until_cut_off(sock: socket.socket, trickle: bytes) -> float:
+    """Send ``trickle`` a byte every 0.2 s; the seconds until the server closed the connection
+    (or answered it and then closed it). Fails if it never does."""
+    sock.settimeout(0.2)
+    started = time.monotonic()
+    for byte in trickle:
+        try:
+            sock.send(bytes([byte]))
+            if sock.recv(65536) in (b"",) or time.monotonic() - started > PATIENCE:
+                break
+        except TimeoutError:
+            continue
+        except (ConnectionResetError, BrokenPipeError):
+            break
+        else:
+            break  # the server answered (408): it closes right after
+    elapsed = time.monotonic() - started
+    assert elapsed < PATIENCE, "the slow client was never cut off"
+    return elapsed
+
+
+class Meanwhile(threading.Thread):
+    """GETs ``path`` once a second on fresh connections while a slow client is being served."""
+
+    def __init__(self, server: Server, path: str = "/health/live") -> None:
+        super().__init__(daemon=True)
+        self.server, self.path = server, path
+        self.statuses: list[int] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        time.sleep(0.3)
+        while not self.stop.is_set():
+            self.statuses.append(self.server.get(self.path).status_code)
+            self.stop.wait(0.5)
+
+
+def test_a_slowloris_client_is_cut_off_and_others_are_served_meanwhile(server: Server) -> None:
+    meanwhile = Meanwhile(server)
+    with server.connect() as sock:
+        sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n")
+        meanwhile.start()
+        elapsed = trickle_until_cut_off(sock, b"X-Slow: " + b"z" * 1000)
+    meanwhile.stop.set()
+    meanwhile.join()
+    assert elapsed < SHORT_TIMEOUT + 3
+    assert meanwhile.statuses and set(meanwhile.statuses) == {200}
+
+
+def test_a_connection_that_never_speaks_is_closed(server: Server) -> None:
+    with server.connect() as sock:
+        started = time.monotonic()
+        assert sock.recv(1) == b""
+        assert time.monotonic() - started < SHORT_TIMEOUT + 3
+
+
+# Request bodies -----------------------------------------------------------------------------
+
+LOGIN_HEAD = (
+    b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\n"
+    b"Content-Type: application/json\r\nContent-Length: 2000\r\n\r\n"
+)
+
+
+def test_a_client_trickling_its_body_gets_a_408_and_holds_no_thread(server: Server) -> None:
+    # The server has one thread: had the slow body held it, nobody else would be served.
+    meanwhile = Meanwhile(server)
+    with server.connect() as sock:
+        sock.sendall(LOGIN_HEAD)
+        meanwhile.start()
+        trickle_until_cut_off(sock, b'{"login": "' + b"a" * 1900)
+    meanwhile.stop.set()
+    meanwhile.join()
+    assert meanwhile.statuses and set(meanwhile.statuses) == {200}
+    with server.connect() as sock:
+        sock.sendall(LOGIN_HEAD + b"{")
+        status, body = read_response(sock)
+    assert status == 408
+    assert json.loads(body)["error"] == "invalid_request"
+
+
+def test_an_announced_oversized_body_is_refused_unread(server: Server) -> None:
+    with server.connect() as sock:
+        sock.sendall(b"POST /oauth/token HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n")
+        status, body = read_response(sock)  # answered though not one byte of the body was sent
+    assert status == 413
+    assert json.loads(body)["error"] == "invalid_request"
+
+
+def test_an_oversized_chunked_body_is_refused(server: Server) -> None:
+    chunk = b"a" * 16384
+    body = (b"%x\r\n" % len(chunk) + chunk + b"\r\n") * 8 + b"0\r\n\r\n"  # 128 KiB > 64 KiB
+    response = requests.post(
+        server.url + "/oauth/token",
+        data=iter([body[i : i + 4096] for i in range(0, len(body), 4096)]),
+        headers={"Transfer-Encoding": "chunked"},
+        timeout=PATIENCE,
+    )
+    assert response.status_code == 413
+    assert response.json()["error"] == "invalid_request"
+
+
+def test_a_chunked_body_reaches_the_app(server: Server) -> None:
+    response = requests.post(
+        server.url + "/oauth/token",
+        data=iter([b"grant_type=client", b"_credentials"]),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        timeout=PATIENCE,
+    )
+    # Without the body the grant would be missing (unsupported_grant_type); with it, the
+    # grant is read and only the client's credentials are missing.
+    assert response.status_code == 401
+    assert response.json()["error"] == "invalid_client"
+
+
+def test_answers_carry_the_apps_headers(
+    server: Server,
+) -> None:
+    response = requests.get(
+        server.url + "/health/live", headers={"X-Request-ID": "trace-1"}, timeout=PATIENCE
+    )
+    assert response.headers["X-Request-ID"] == "trace-1"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_a_head_request_has_headers_and_no_body(server: Server) -> None:
+    with server.connect() as sock:
+        sock.sendall(b"HEAD /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert body == b""
+
+
+# Metrics, logs and workers ------------------------------------------------------------------
+
+
+def test_metrics_are_written_to_the_configured_folder_and_served(server: Server) -> None:
+    server.get("/health/live")
+    scraped = server.get("/metrics").text
+    assert 'http_requests_total{method="GET",route="/health/live",status="200"}' in scraped
+    assert list(server.metrics.glob("*.db"))
+
+
+def test_the_servers_own_lines_are_json(server: Server) -> None:
+    lines = [line for line in server.log.read_text().splitlines() if line.strip()]
+    granian_lines = [json.loads(line) for line in lines if '"_granian"' in line]
+    assert granian_lines, lines[:5]  # granian announces its workers at info level
+    for line in lines:
+        json.loads(line)  # every line, the app's and granian's, parses
+
+
+def test_a_wedged_worker_is_killed_and_replaced(tmp_path: Path, signing_key_file: Path) -> None:
+    server = start_server(tmp_path, signing_key_file)
+    try:
+        (wedged,) = wait_for(server.workers, "a worker")
+        os.kill(wedged, signal.SIGSTOP)  # its event loop stops: it accepts and answers nothing
+        wait_for(lambda: wedged not in server.workers(), "the wedged worker killed", PATIENCE)
+        wait_for(server.answers, "a new worker answering", PATIENCE)
+        assert server.workers() and wedged not in server.workers()
+        assert "silent for" in server.log.read_text()
+    finally:
+        stop(server)
+
+
+def test_a_metrics_folder_made_by_the_server_is_removed_at_exit(
+    tmp_path: Path, signing_key_file: Path
+) -> None:
+    server = start_server(tmp_path, signing_key_file, PROMETHEUS_MULTIPROC_DIR="")
+    server.get("/health/live")  # the worker now has its metrics files mapped
+    (worker,) = server.workers()
+    mapped = re.findall(
+        r"(\S*/oidc-metrics-[^/\s]+)/\S+\.db$", Path(f"/proc/{worker}/maps").read_text(), re.M
+    )
+    assert mapped, "no metrics file mapped by the worker"
+    folder = Path(mapped[0])
+    assert folder.is_dir()
+    stop(server)
+    assert not folder.exists()
+
+
+# The watchdog and the metrics folder, in-process --------------------------------------------
+
+
+def test_the_watchdog_kills_only_silent_workers_and_forgets_dead_ones(tmp_path: Path) -> None:
+    beats, metrics = tmp_path / "beats", tmp_path / "metrics"
+    beats.mkdir()
+    metrics.mkdir()
+    silent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    lively = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    try:
+        now = time.time()
+        for pid, age in ((silent.pid, 10), (lively.pid, 1), (gone.pid, 1)):
+            (beats / str(pid)).touch()
+            os.utime(beats / str(pid), (now - age, now - age))
+        for name in (f"gauge_livesum_{gone.pid}.db", f"counter_{gone.pid}.db"):
+            (metrics / name).write_bytes(b"")
+        assert Watchdog(beats, 5, metrics).check(now) == [silent.pid]
+        assert silent.wait(timeout=PATIENCE) == -signal.SIGKILL
+        assert lively.poll() is None
+        # The dead worker's live gauges go, its counters stay (totals never go down).
+        assert sorted(p.name for p in metrics.iterdir()) == [f"counter_{gone.pid}.db"]
+        assert sorted(p.name for p in beats.iterdir()) == [str(lively.pid)]
+    finally:
+        for process in (silent, lively):
+            process.kill()
+            process.wait()
+
+
+def test_the_metrics_folder_is_emptied_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from oidc_server.serve import _metrics_folder
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    (tmp_path / "counter_1.db").write_bytes(b"")
+    (tmp_path / "histogram_2.db").write_bytes(b"")
+    assert _metrics_folder() == (tmp_path, False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_port_something_listens_on_is_refused(tmp_path: Path, signing_key_file: Path) -> None:
+    # granian binds with SO_REUSEPORT: unchecked, a second server would share the port silently.
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("TEST_", "WEB_"))},
+            "HOST": "127.0.0.1",
+            "PORT": str(port),
+            "APP_ENV": "test",
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'unused.db'}",
+            "OIDC_KEYS_DIR": str(signing_key_file.parent),
+            "INSTANCE_DIR": str(tmp_path / "instance"),
+        }
+        refused = subprocess.run(
+            [sys.executable, "-m", "oidc_server.serve"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=PATIENCE * 3,
+        )
+    assert refused.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{port}" in refused.stderr
