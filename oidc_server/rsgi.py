@@ -12,8 +12,8 @@ What is refused here, before the app sees the request:
 - a body larger than ``max_body`` bytes: 413, unread when ``Content-Length`` announces it;
 - a body that has not fully arrived ``body_timeout`` seconds after the head: 408.
 
-The request line and headers are granian's to bound: ``http1_header_read_timeout`` and
-``http1_buffer_size`` (``oidc_server/serve.py``).
+The request line and headers are granian's to bound: its HTTP/1 header read timeout and
+buffer size (``oidc_server/serve.py``).
 """
 
 from __future__ import annotations
@@ -21,10 +21,13 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import sys
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 Headers = list[tuple[str, str]]
@@ -43,6 +46,7 @@ def _error(status: int, error: str, description: str) -> tuple[int, Headers, byt
         ("content-type", "application/json"),
         ("content-length", str(len(body))),
         ("cache-control", "no-store"),
+        ("x-content-type-options", "nosniff"),
         ("connection", "close"),
     ]
     return status, headers, body
@@ -153,9 +157,15 @@ class RSGIServer:
         else:
             environ = build_environ(scope, body)
             loop = asyncio.get_running_loop()
-            status, headers, payload = await loop.run_in_executor(
-                self.pool, run_wsgi, self.app, environ
-            )
+            try:
+                status, headers, payload = await loop.run_in_executor(
+                    self.pool, run_wsgi, self.app, environ
+                )
+            except Exception:
+                # Flask answers its own errors; this is a failure outside it (the response's
+                # iterable, this adapter): still a JSON answer, and the traceback in the logs.
+                log.exception("the app failed outside its own error handling")
+                status, headers, payload = _error(500, "server_error", "internal error")
         protocol.response_bytes(status, headers, payload)
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:

@@ -120,3 +120,35 @@ def test_run_wsgi_collects_the_answer_and_closes_the_iterable() -> None:
     environ = {"wsgi.input": io.BytesIO(b"it")}
     assert run_wsgi(app, environ) == (201, [("content-type", "text/plain")], b"made it")
     assert closed == [True]
+
+
+def test_a_failure_outside_the_apps_own_handling_is_a_json_500() -> None:
+    import asyncio
+
+    from oidc_server.rsgi import RSGIServer
+
+    class Protocol:
+        answered: tuple[int, list[tuple[str, str]], bytes]
+
+        async def __call__(self) -> bytes:
+            return b""
+
+        def response_bytes(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+            self.answered = (status, headers, body)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [])
+
+        def body() -> Any:
+            yield b"half"
+            raise OSError("the file went away")
+
+        return body()
+
+    server = RSGIServer(app, threads=1, max_body=1024, body_timeout=1.0)
+    protocol = Protocol()
+    asyncio.run(server.__rsgi__(Scope(Headers([]), method="GET"), protocol))
+    status, headers, body = protocol.answered
+    assert status == 500
+    assert ("content-type", "application/json") in headers
+    assert b"server_error" in body and b"half" not in body
