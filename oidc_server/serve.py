@@ -62,7 +62,12 @@ _HEARTBEATS_ENV = "OIDC_SERVE_HEARTBEATS_DIR"
 
 def _int_env(name: str, default: int) -> int:
     raw = os.environ.get(name, "").strip()
-    return int(raw) if raw else default
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be a whole number, not {raw!r}") from None
 
 
 def usable_cores() -> int:

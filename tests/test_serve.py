@@ -435,3 +435,23 @@ def test_a_port_something_listens_on_is_refused(tmp_path: Path, signing_key_file
         )
     assert refused.returncode != 0
     assert f"cannot listen on 127.0.0.1:{port}" in refused.stderr
+
+
+@pytest.mark.parametrize("name", ["PORT", "WEB_CONCURRENCY", "WEB_THREADS", "WEB_TIMEOUT"])
+def test_a_malformed_number_in_the_environment_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    from oidc_server.serve import ServeSettings
+
+    monkeypatch.setenv(name, "four")
+    with pytest.raises(SystemExit, match=f"{name} must be a whole number, not 'four'"):
+        ServeSettings.from_env()
+
+
+def test_no_timeout_means_granians_longest_head_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    from oidc_server.serve import ServeSettings
+
+    monkeypatch.setenv("WEB_TIMEOUT", "0")
+    settings = ServeSettings.from_env()
+    assert settings.timeout == 0
+    assert settings.head_timeout == 60.0  # granian accepts at most 60 s; 0 is not "none" there
