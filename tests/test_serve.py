@@ -239,6 +239,16 @@ def test_a_connection_that_never_speaks_is_closed(server: Server) -> None:
         assert time.monotonic() - started < SHORT_TIMEOUT + 3
 
 
+def test_an_idle_keep_alive_connection_is_closed(server: Server) -> None:
+    with server.connect() as sock:
+        sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(sock)[0] == 200
+        idle_since = time.monotonic()
+        sock.settimeout(PATIENCE)
+        assert sock.recv(1) == b""  # the server closed it: no thread or task kept waiting
+        assert time.monotonic() - idle_since < SHORT_TIMEOUT + 3
+
+
 # Request bodies -----------------------------------------------------------------------------
 
 LOGIN_HEAD = (
