@@ -145,7 +145,9 @@ class RSGIServer:
             protocol.close(1008)
             return
         try:
-            body = await asyncio.wait_for(self._read_body(scope, protocol), self.body_timeout)
+            # asyncio.timeout, not wait_for: no task per request (3.11+).
+            async with asyncio.timeout(self.body_timeout):
+                body = await self._read_body(scope, protocol)
         except BodyTooLarge:
             status, headers, payload = _error(
                 413, "invalid_request", f"the request body is larger than {self.max_body} bytes"
