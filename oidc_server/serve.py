@@ -225,10 +225,6 @@ def log_config(level: str) -> dict[str, Any]:
     }
 
 
-class PortTaken(SystemExit):
-    """Another process already listens where this server would."""
-
-
 def refuse_a_taken_port(host: str, port: int) -> None:
     """Exit if something already listens on ``host:port``.
 
@@ -242,7 +238,7 @@ def refuse_a_taken_port(host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except OSError as exc:
-            raise PortTaken(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+            raise SystemExit(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
 
 
 def _metrics_folder() -> tuple[Path, bool]:

@@ -36,9 +36,9 @@ from oidc_server.tokens.redis_store import RedisTokenStore
 from oidc_server.tokens.store import RefreshRecord, RotateOutcome, SessionRecord
 
 from .support.cli import run_cli, settings_env
+from .support.server import spawn_server
 from .support.waiting import free_port, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 PASSWORD = "scale out password 1234"
 ISSUER = "http://oidc.scale-out.test"
@@ -174,14 +174,7 @@ def start_node(env: dict[str, str], name: str, folder: Path) -> Node:
     log = folder / f"{name}.log"
     metrics_dir = folder / f"metrics-{name}"
     node_env = {**env, "PORT": str(port), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
-    with open(log, "wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "oidc_server.serve"],
-            cwd=ROOT,
-            env=node_env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
+    process = spawn_server(node_env, log)
     return Node(f"http://127.0.0.1:{port}", process, log, metrics_dir)
 
 

@@ -11,7 +11,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,9 @@ from typing import Any
 import redis
 import requests
 
+from ..support.server import children, spawn_server
 from ..support.waiting import free_port, wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
 #: The client-side limit of one HTTP request to a server under test.
 REQUEST_TIMEOUT = 30.0
 #: granian exits (crash-loop detection) when a worker slot dies again within 5.5 s of its
@@ -188,22 +187,6 @@ class RedisInstance:
 # The server under test ----------------------------------------------------------------------
 
 
-def _children(pid: int) -> list[int]:
-    """Live (not zombie) child processes of ``pid``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] != "Z" and int(fields[1]) == pid:
-            found.append(int(entry.name))
-    return found
-
-
 class Server:
     """The app under granian, started by ``python -m oidc_server.serve`` as in production.
 
@@ -225,14 +208,7 @@ class Server:
         self._respawned: float | None = None
 
     def start(self) -> None:
-        with open(self.log, "wb") as sink:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "oidc_server.serve"],
-                cwd=ROOT,
-                env=self.env,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-            )
+        self.process = spawn_server(self.env, self.log)
         self.wait_ready()
 
     def logs(self) -> str:
@@ -254,7 +230,7 @@ class Server:
 
     def workers(self) -> list[int]:
         assert self.process is not None
-        return _children(self.process.pid)
+        return children(self.process.pid)
 
     def worker(self) -> int:
         """The pid of the one worker (these servers run ``WEB_CONCURRENCY=1``)."""
