@@ -26,9 +26,9 @@ import requests
 
 from oidc_server.serve import MAX_HEAD_BYTES, Watchdog
 
+from .support.server import COMMAND, ROOT, children, spawn_server
 from .support.waiting import free_port, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
 #: The server's WEB_TIMEOUT here: its head and body deadlines and the watchdog's limit.
 SHORT_TIMEOUT = 2
 #: Seconds within which a cut-off must happen, or the test fails.
@@ -53,10 +53,7 @@ class Server:
         return requests.get(self.url + path, timeout=PATIENCE)
 
     def workers(self) -> list[int]:
-        found = subprocess.run(
-            ["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True, check=False
-        )
-        return [int(pid) for pid in found.stdout.split()]
+        return children(self.process.pid)
 
     def answers(self) -> bool:
         assert self.process.poll() is None, self.log.read_text()[-3000:]
@@ -91,15 +88,7 @@ def start_server(folder: Path, signing_key_file: Path, **extra: str) -> Server:
     )
     env.update(extra)
     log = folder / "server.log"
-    with open(log, "wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "oidc_server.serve"],
-            cwd=ROOT,
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    server = Server(process, port, log, folder / "metrics")
+    server = Server(spawn_server(env, log), port, log, folder / "metrics")
     wait_for(server.answers, "the server to answer")
     return server
 
@@ -435,7 +424,7 @@ def test_a_port_something_listens_on_is_refused(tmp_path: Path, signing_key_file
             "INSTANCE_DIR": str(tmp_path / "instance"),
         }
         refused = subprocess.run(
-            [sys.executable, "-m", "oidc_server.serve"],
+            COMMAND,
             cwd=ROOT,
             env=env,
             capture_output=True,
@@ -464,3 +453,25 @@ def test_no_timeout_means_granians_longest_head_deadline(monkeypatch: pytest.Mon
     settings = ServeSettings.from_env()
     assert settings.timeout == 0
     assert settings.head_timeout == 60.0  # granian accepts at most 60 s; 0 is not "none" there
+
+
+def test_sigterm_lets_a_request_in_flight_finish(tmp_path: Path, signing_key_file: Path) -> None:
+    server = start_server(tmp_path, signing_key_file)
+    try:
+        with server.connect() as sock:
+            sock.sendall(
+                b"POST /oauth/token HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 29\r\n\r\n"
+                b"grant_type=client"
+            )
+            time.sleep(0.3)
+            server.process.send_signal(signal.SIGTERM)  # a deploy or scale-down stops it
+            time.sleep(0.5)
+            sock.sendall(b"_credentials")
+            status, body = read_response(sock)
+        # The app read the whole body and answered (no client credentials were sent).
+        assert (status, json.loads(body)["error"]) == (401, "invalid_client")
+        assert server.process.wait(timeout=PATIENCE) == 0
+    finally:
+        if server.process.poll() is None:
+            stop(server)

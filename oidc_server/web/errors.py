@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from authlib.oauth2.rfc6749.errors import InsecureTransportError
 from flask import Flask, Response, jsonify
 from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
@@ -32,6 +33,14 @@ def init_app(app: Flask) -> None:
         for key, value in exc.get_headers():
             if key.lower() != "content-type":
                 response.headers[key] = value
+        return response
+
+    @app.errorhandler(InsecureTransportError)
+    def _insecure_transport(exc: InsecureTransportError) -> Response:
+        # Authlib refuses OAuth over plain http to any host but a loopback one (RFC 6749 §1.6,
+        # RFC 8252 §7.3) while it builds its request, before an endpoint's own error handling.
+        response = jsonify(error=exc.error, error_description=exc.description)
+        response.status_code = 400
         return response
 
     @app.errorhandler(StoreUnavailable)

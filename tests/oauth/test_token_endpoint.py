@@ -46,6 +46,19 @@ def test_client_credentials_issues_an_rfc9068_token(
     assert "sid" not in claims
 
 
+@pytest.mark.parametrize("path", ["/oauth/token", "/oauth/introspect", "/oauth/revoke"])
+def test_plain_http_to_a_public_host_is_refused_cleanly(
+    client: FlaskClient, machine: MachineClient, path: str
+) -> None:
+    # Authlib refuses OAuth over http except to loopback hosts, before the endpoint's own
+    # error handling: it must still be an RFC 6749 error, never a 500.
+    data = {"grant_type": "client_credentials", "token": "x"}
+    refused = client.post(path, data=data, headers=machine.basic, base_url="http://auth.example")
+    token_error(refused, 400, "insecure_transport")
+    over_tls = client.post(path, data=data, headers=machine.basic, base_url="https://auth.example")
+    assert over_tls.status_code == 200
+
+
 def test_client_credentials_with_secret_in_body(
     client: FlaskClient, machine: MachineClient
 ) -> None:
