@@ -46,6 +46,7 @@ from sqlalchemy.orm import Session
 
 from . import audit
 from .models import Role, User, UserRole
+from .tokens.reads import Reads, read_together
 from .tokens.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -238,6 +239,10 @@ class RoleCache(ABC):
         """The user's cached account card, or a ``Miss``. One round trip."""
 
     @abstractmethod
+    def card_reads(self, user_id: uuid.UUID) -> Reads[AccountCard | Miss]:
+        """``lookup_card`` as a read, to send with other stores' (``read_together``)."""
+
+    @abstractmethod
     def fill_card(self, card: AccountCard, miss: Miss) -> bool:
         """Store the card unless a change came after ``miss``; True if stored."""
 
@@ -262,6 +267,9 @@ class NoRoleCache(RoleCache):
 
     def lookup_card(self, user_id: uuid.UUID) -> AccountCard | Miss:
         return _ALWAYS_MISS
+
+    def card_reads(self, user_id: uuid.UUID) -> Reads[AccountCard | Miss]:
+        return Reads.local(lambda: _ALWAYS_MISS)
 
     def fill_card(self, card: AccountCard, miss: Miss) -> bool:
         return False
@@ -289,13 +297,6 @@ redis.call('DEL', KEYS[1])
 redis.call('SADD', KEYS[1], '*', unpack(ARGV, 3))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
-"""
-
-# KEYS: card, generation. A hit answers {1, card}; a miss answers {0, generation}.
-_LOOKUP_CARD = """
-local card = redis.call('GET', KEYS[1])
-if card then return {1, card} end
-return {0, redis.call('GET', KEYS[2]) or ''}
 """
 
 # KEYS: card, generation. ARGV: generation seen at the miss, ttl, card.
@@ -334,7 +335,6 @@ class RedisRoleCache(RoleCache):
         self.prefix = prefix
         self._lookup = client.register_script(_LOOKUP)
         self._fill = client.register_script(_FILL)
-        self._lookup_card = client.register_script(_LOOKUP_CARD)
         self._fill_card = client.register_script(_FILL_CARD)
 
     def _keys(self, user_id: uuid.UUID) -> list[str]:
@@ -366,20 +366,18 @@ class RedisRoleCache(RoleCache):
         args = [miss.generation, self.ttl, *(str(r) for r in role_ids)]
         return self._fill(keys=self._keys(user_id), args=args) == 1
 
-    @_redis_errors
     def lookup_card(self, user_id: uuid.UUID) -> AccountCard | Miss:
+        return read_together(self.redis, self.card_reads(user_id))[0]
+
+    def card_reads(self, user_id: uuid.UUID) -> Reads[AccountCard | Miss]:
         if not self.enabled:
-            return _ALWAYS_MISS
-        found, value = self._lookup_card(keys=self._card_keys(user_id))
-        if found != 1:
-            return Miss(value)
-        try:
-            return AccountCard.from_json(user_id, value)
-        except (ValueError, TypeError):
-            # A card in another shape (written by another release during a rolling deploy):
-            # answer from the database without replacing it; it expires by its TTL.
-            log.warning("unreadable account card in the role cache", extra={"user_id": user_id})
-            return _ALWAYS_MISS
+            return Reads.local(lambda: _ALWAYS_MISS)
+        # One MGET (both keys carry the user's hash tag): the card, or the generation a
+        # fill must still find. Atomic like the script it replaced, and pipelinable.
+        return Reads(
+            (("MGET", *self._card_keys(user_id)),),
+            lambda replies: _card_or_miss(user_id, *replies[0]),
+        )
 
     @_redis_errors
     def fill_card(self, card: AccountCard, miss: Miss) -> bool:
@@ -404,6 +402,20 @@ class RedisRoleCache(RoleCache):
                 pending = 0
         if pending:
             pipe.execute()
+
+
+def _card_or_miss(
+    user_id: uuid.UUID, card: bytes | None, generation: bytes | None
+) -> AccountCard | Miss:
+    if card is None:
+        return Miss(generation or b"")
+    try:
+        return AccountCard.from_json(user_id, card)
+    except (ValueError, TypeError):
+        # A card in another shape (written by another release during a rolling deploy):
+        # answer from the database without replacing it; it expires by its TTL.
+        log.warning("unreadable account card in the role cache", extra={"user_id": user_id})
+        return _ALWAYS_MISS
 
 
 def role_cache_for(client: redis.Redis | None, ttl: int) -> RoleCache:
@@ -451,19 +463,29 @@ class RoleChecker:
         return found is not None
 
 
-def read_card(session: Session, cache: RoleCache, user_id: str | uuid.UUID) -> AccountCard | None:
+def read_card(
+    session: Session,
+    cache: RoleCache,
+    user_id: str | uuid.UUID,
+    looked_up: AccountCard | Miss | None = None,
+) -> AccountCard | None:
     """The active user's card from the cache, else from one query (then cached); else None.
 
-    Unknown, malformed and inactive user ids give None. A cache outage costs only speed.
+    ``looked_up`` is the cache's answer when the caller already asked it (``card_reads``, sent
+    with a bearer check). Unknown, malformed and inactive user ids give None. A cache outage
+    costs only speed.
     """
     try:
         key = user_id if isinstance(user_id, uuid.UUID) else uuid.UUID(str(user_id))
     except ValueError:
         return None
-    try:
-        cached = cache.lookup_card(key)
-    except StoreUnavailable:
-        cached = _ALWAYS_MISS
+    if looked_up is not None:
+        cached = looked_up
+    else:
+        try:
+            cached = cache.lookup_card(key)
+        except StoreUnavailable:
+            cached = _ALWAYS_MISS
     if isinstance(cached, AccountCard):
         return cached
     rows = session.execute(

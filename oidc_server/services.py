@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import redis
+
 from .clients import ClientCache
 from .config import Settings
 from .db import Database
@@ -30,6 +32,9 @@ class Services:
     #: The one-call "does this user hold this role" check, reading ``role_cache``.
     role_checker: RoleChecker
     client_cache: ClientCache = field(default_factory=ClientCache)
+    #: The Redis client that ``store`` and ``role_cache`` share; None without Redis. Reads of
+    #: both go out together through it (``tokens.reads.read_together``).
+    redis: redis.Redis | None = None
 
     @classmethod
     def build(cls, settings: Settings, store: TokenStore | None = None) -> Services:
@@ -62,4 +67,5 @@ class Services:
             ),
             role_cache=role_cache,
             role_checker=RoleChecker(db.sessions, role_cache),
+            redis=redis_client,
         )

@@ -400,6 +400,7 @@ def exercise_every_store_operation(store: TokenStore) -> set[str]:
     call("end_user_sessions", "u-2")
     call("deny_access_token", "jti-1", 900)
     call("is_access_token_active", "jti-1", "s-1")
+    call("access_token_reads", "jti-1", "s-1")  # a read to send later: writes nothing
     call("put_once", "social", "state-1", {"nonce": "n"}, 600)
     call("put_once", "social", "state-2", {"nonce": "n"}, 600)
     call("peek_once", "social", "state-1")

@@ -33,7 +33,8 @@ blp = api_blueprint(
 
 def _caller_card() -> AccountCard:
     """The active user the bearer token was issued to, with their current role names."""
-    card = read_card(db_session(), services().role_cache, current_token()["sub"])
+    token = current_token()
+    card = read_card(db_session(), services().role_cache, token["sub"], looked_up=token.card)
     if card is None:
         abort(
             401,

@@ -11,8 +11,9 @@ from authlib.oauth2.rfc7009 import RevocationEndpoint as _RevocationEndpoint
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint as _IntrospectionEndpoint
 
 from ..context import db_session, services
-from ..roles import read_card
+from ..roles import AccountCard, Miss, read_card
 from ..tokens.service import split_refresh_token
+from .protector import verify_bearer_token
 
 
 @dataclass
@@ -23,6 +24,8 @@ class FoundToken:
     client_id: str
     claims: dict[str, Any]
     revoked: bool = False
+    #: A user's access token: the role cache's answer for its user (see ``AccessToken``).
+    card: AccountCard | Miss | None = None
 
     def check_client(self, client: Any) -> bool:
         return client.get_client_id() == self.client_id
@@ -54,10 +57,10 @@ def find_token(token_string: str, hint: str | None) -> FoundToken | None:
 
 
 def _find_access(token_string: str) -> FoundToken | None:
-    claims = services().tokens.verify_access_token(token_string)
-    if claims is None:
+    token = verify_bearer_token(token_string)
+    if token is None:
         return None
-    return FoundToken("access_token", claims["client_id"], claims)
+    return FoundToken("access_token", token["client_id"], dict(token), card=token.card)
 
 
 def _find_refresh(token_string: str) -> FoundToken | None:
@@ -128,7 +131,9 @@ class IntrospectionEndpoint(_IntrospectionEndpoint):
         }
         if "sid" in claims:
             # Roles as they are now, not as they were when the token was issued.
-            card = read_card(db_session(), services().role_cache, claims["sub"])
+            card = read_card(
+                db_session(), services().role_cache, claims["sub"], looked_up=token.card
+            )
             if card is None:
                 return {"active": False}
             body["roles"] = list(card.roles)

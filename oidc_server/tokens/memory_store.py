@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from .reads import Reads
 from .store import RefreshRecord, RotateOutcome, RotateResult, SessionRecord, TokenStore
 
 
@@ -161,6 +162,9 @@ class MemoryTokenStore(TokenStore):
             if self._denied.get(jti):
                 return False
             return sid is None or self._sessions.get(sid) is not None
+
+    def access_token_reads(self, jti: str, sid: str | None) -> Reads[bool]:
+        return Reads.local(lambda: self.is_access_token_active(jti, sid))
 
     def put_once(self, namespace: str, key: str, value: dict[str, Any], ttl: int) -> None:
         with self._lock:

@@ -15,6 +15,7 @@ from typing import Any, ParamSpec, TypeVar
 import redis
 
 from . import redis_connect
+from .reads import Reads, read_together
 from .store import (
     RefreshRecord,
     RotateOutcome,
@@ -291,15 +292,15 @@ class RedisTokenStore(TokenStore):
         if ttl > 0:
             self.redis.set(self._deny_key(jti), b"1", ex=ttl)
 
-    @_fail_closed
     def is_access_token_active(self, jti: str, sid: str | None) -> bool:
+        return read_together(self.redis, self.access_token_reads(jti, sid))[0]
+
+    def access_token_reads(self, jti: str, sid: str | None) -> Reads[bool]:
+        denied = ("EXISTS", self._deny_key(jti))
         if sid is None:
-            return not self.redis.exists(self._deny_key(jti))
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.exists(self._deny_key(jti))
-        pipe.exists(self._session_key(sid))
-        denied, alive = pipe.execute()
-        return not denied and bool(alive)
+            return Reads((denied,), lambda replies: not replies[0])
+        alive = ("EXISTS", self._session_key(sid))
+        return Reads((denied, alive), lambda replies: not replies[0] and bool(replies[1]))
 
     # Single-use values --------------------------------------------------------------------
     @_fail_closed

@@ -230,9 +230,16 @@ class TokenService:
         return body
 
     # Checking and revoking ----------------------------------------------------------------
+    def decode_access_token(self, token: str) -> dict[str, Any] | None:
+        """Claims of a well-signed, current access token for us; None otherwise.
+
+        Not whether it was revoked: ``verify_access_token`` asks the store that too.
+        """
+        return self.codec.verify(token)
+
     def verify_access_token(self, token: str) -> dict[str, Any] | None:
         """Claims of a valid access token that has not been revoked; None otherwise."""
-        claims = self.codec.verify(token)
+        claims = self.decode_access_token(token)
         if claims is None:
             return None
         if not self.store.is_access_token_active(claims["jti"], claims.get("sid")):

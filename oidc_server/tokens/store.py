@@ -14,7 +14,10 @@ from __future__ import annotations
 import enum
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .reads import Reads
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,10 @@ class TokenStore(ABC):
     @abstractmethod
     def is_access_token_active(self, jti: str, sid: str | None) -> bool:
         """False if the token was denied or its session has ended. One round trip."""
+
+    @abstractmethod
+    def access_token_reads(self, jti: str, sid: str | None) -> Reads[bool]:
+        """``is_access_token_active`` as a read, to send with other stores' (``read_together``)."""
 
     @abstractmethod
     def put_once(self, namespace: str, key: str, value: dict[str, Any], ttl: int) -> None:

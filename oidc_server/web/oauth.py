@@ -37,7 +37,7 @@ def userinfo() -> Response:
         return _challenge(challenge)
     if not claims.is_user_token:
         return _challenge(BearerChallenge(401, "invalid_token", "not a user's token"))
-    card = read_card(db_session(), services().role_cache, claims["sub"])
+    card = read_card(db_session(), services().role_cache, claims["sub"], looked_up=claims.card)
     if card is None:
         return _challenge(BearerChallenge(401, "invalid_token", "the user no longer exists"))
     response = jsonify(

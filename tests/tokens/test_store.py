@@ -12,6 +12,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from oidc_server.tokens.memory_store import MemoryTokenStore
+from oidc_server.tokens.reads import read_together
 from oidc_server.tokens.redis_store import RedisTokenStore
 from oidc_server.tokens.store import (
     RefreshRecord,
@@ -156,6 +157,18 @@ def test_denied_access_tokens_are_inactive(store: TokenStore) -> None:
     store.deny_access_token("jti-1", ttl=60)
     assert not store.is_access_token_active("jti-1", None)
     assert store.is_access_token_active("jti-2", None)
+
+
+def test_the_access_token_check_as_a_read_answers_as_the_check_does(store: TokenStore) -> None:
+    store.start_session(session("s1"), "h1", refresh("s1"), ttl=60)
+    store.start_session(session("s2"), "h2", refresh("s2"), ttl=60)
+    store.end_session("s2")
+    store.deny_access_token("denied", ttl=60)
+    client = getattr(store, "redis", None)
+    cases = [("live", None), ("denied", None), ("live", "s1"), ("denied", "s1"), ("live", "s2")]
+    answers = read_together(client, *(store.access_token_reads(jti, sid) for jti, sid in cases))
+    assert answers == [store.is_access_token_active(jti, sid) for jti, sid in cases]
+    assert answers == [True, False, True, False, False]
 
 
 def test_sessions_are_listed_newest_first_and_ended_per_user(store: TokenStore) -> None:

@@ -1,0 +1,75 @@
+"""Bearer checks (``oidc_server.oauth.protector``): what one costs in Redis and the database.
+
+A user's token is checked against the store (revoked? session ended?) and its user's account
+card read from the role cache in one Redis round trip; a warm card needs no query.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from oidc_server.models import User
+from oidc_server.tokens.redis_store import RedisTokenStore
+
+from ..conftest import MachineClient, bearer, password_login
+from ..support.redis_trips import round_trips
+from ..support.roles import count_queries
+
+
+@pytest.fixture
+def on_redis(services: Any) -> None:
+    if not isinstance(services.store, RedisTokenStore):
+        pytest.skip("TEST_REDIS_URL not set (CI always sets it)")
+
+
+@pytest.mark.usefixtures("on_redis")
+@pytest.mark.parametrize("path", ["/api/v1/users/me", "/oauth/userinfo"])
+def test_a_users_request_checks_the_token_and_reads_the_card_in_one_round_trip(
+    client: FlaskClient, user: User, services: Any, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    token = password_login(client).json["access_token"]
+    assert client.get(path, headers=bearer(token)).status_code == 200  # caches the card
+    with round_trips(monkeypatch) as trips, count_queries(services) as queries:
+        response = client.get(path, headers=bearer(token))
+    assert response.status_code == 200
+    assert len(trips) == 1
+    assert queries == []
+
+
+@pytest.mark.usefixtures("on_redis")
+def test_introspecting_a_users_token_costs_the_client_check_and_one_round_trip(
+    client: FlaskClient,
+    user: User,
+    machine: MachineClient,
+    services: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    token = password_login(client).json["access_token"]
+
+    def introspect() -> Any:
+        return client.post("/oauth/introspect", data={"token": token}, headers=machine.basic)
+
+    assert introspect().json["username"] == user.login  # caches the client and the card
+    with round_trips(monkeypatch) as trips, count_queries(services) as queries:
+        body = introspect().json
+    assert body["active"] is True and body["username"] == user.login
+    # One for the clients' generation (is the cached client current?), one for the token.
+    assert len(trips) == 2
+    assert queries == []
+
+
+@pytest.mark.usefixtures("on_redis")
+def test_a_token_whose_session_ended_is_refused_though_its_card_is_cached(
+    client: FlaskClient, user: User, services: Any
+) -> None:
+    tokens = password_login(client).json
+    headers = bearer(tokens["access_token"])
+    assert client.get("/api/v1/users/me", headers=headers).status_code == 200
+    claims = services.tokens.verify_access_token(tokens["access_token"])
+    services.tokens.end_session(claims["sid"])
+    response = client.get("/api/v1/users/me", headers=headers)
+    assert response.status_code == 401
+    assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]

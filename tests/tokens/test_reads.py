@@ -1,0 +1,92 @@
+"""Reads of several stores in one Redis round trip (``oidc_server.tokens.reads``)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from oidc_server.roles import AccountCard, Miss, RedisRoleCache
+from oidc_server.tokens.reads import Reads, read_together
+from oidc_server.tokens.redis_store import RedisTokenStore
+from oidc_server.tokens.store import StoreUnavailable
+
+from ..support.redis_trips import round_trips
+from .test_store import refresh, session
+
+
+@pytest.fixture
+def client(redis_client: redis.Redis | None) -> redis.Redis:
+    if redis_client is None:
+        pytest.skip("TEST_REDIS_URL not set (CI always sets it)")
+    redis_client.flushdb()
+    return redis_client
+
+
+def test_reads_answered_in_memory_send_nothing_and_need_no_client(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with round_trips(monkeypatch) as trips:
+        assert read_together(None, Reads.local(lambda: 1), Reads.local(lambda: "two")) == [1, "two"]
+    assert trips == []
+
+
+def test_reads_of_the_token_store_and_the_role_cache_share_one_round_trip(
+    client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, cache = RedisTokenStore(client), RedisRoleCache(client, ttl=60)
+    store.start_session(session("s1"), "h1", refresh("s1"), ttl=60)
+    store.deny_access_token("denied-jti", ttl=60)
+    cached, uncached = uuid.uuid4(), uuid.uuid4()
+    miss = cache.lookup_card(cached)
+    assert isinstance(miss, Miss)
+    card = AccountCard(cached, "card@example.com", True, _now(), ("subscriber",))
+    assert cache.fill_card(card, miss)
+
+    with round_trips(monkeypatch) as trips:
+        answers = read_together(
+            client,
+            store.access_token_reads("denied-jti", None),
+            store.access_token_reads("live-jti", "s1"),
+            store.access_token_reads("live-jti", "ended-session"),
+            cache.card_reads(cached),
+            cache.card_reads(uncached),
+        )
+    assert len(trips) == 1
+    denied, live, session_ended, hit, cold = answers
+    assert (denied, live, session_ended) == (False, True, False)
+    assert hit == card
+    assert isinstance(cold, Miss)
+
+
+def test_a_miss_read_together_still_guards_the_fill_against_a_change(
+    client: redis.Redis,
+) -> None:
+    """The generation a pipelined miss carries is the one a fill checks (see roles.py)."""
+    cache = RedisRoleCache(client, ttl=60)
+    user_id = uuid.uuid4()
+    (miss,) = read_together(client, cache.card_reads(user_id))
+    assert isinstance(miss, Miss)
+    cache.invalidate([user_id])  # a change lands between the miss and the fill
+    card = AccountCard(user_id, "late@example.com", False, _now(), ())
+    assert not cache.fill_card(card, miss)
+    assert isinstance(cache.lookup_card(user_id), Miss)
+
+
+def test_an_unreachable_redis_fails_closed_for_reads_together() -> None:
+    dead = redis.Redis(
+        host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)
+    )
+    store, cache = RedisTokenStore(dead), RedisRoleCache(dead, ttl=60)
+    with pytest.raises(StoreUnavailable):
+        read_together(dead, store.access_token_reads("jti", "sid"), cache.card_reads(uuid.uuid4()))
+    with pytest.raises(StoreUnavailable):
+        read_together(dead, store.access_token_reads("jti", None))
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
