@@ -231,6 +231,10 @@ class RoleCache(ABC):
         """Whether the cached set has ``role_id``, or a ``Miss``. One round trip."""
 
     @abstractmethod
+    def lookup_reads(self, user_id: uuid.UUID, role_id: uuid.UUID) -> Reads[bool | Miss]:
+        """``lookup`` as a read, to send with other stores' (``read_together``)."""
+
+    @abstractmethod
     def fill(self, user_id: uuid.UUID, miss: Miss, role_ids: Iterable[uuid.UUID]) -> bool:
         """Store the user's role ids unless a change came after ``miss``; True if stored."""
 
@@ -262,6 +266,9 @@ class NoRoleCache(RoleCache):
     def lookup(self, user_id: uuid.UUID, role_id: uuid.UUID) -> bool | Miss:
         return _ALWAYS_MISS
 
+    def lookup_reads(self, user_id: uuid.UUID, role_id: uuid.UUID) -> Reads[bool | Miss]:
+        return Reads.local(lambda: _ALWAYS_MISS)
+
     def fill(self, user_id: uuid.UUID, miss: Miss, role_ids: Iterable[uuid.UUID]) -> bool:
         return False
 
@@ -281,14 +288,6 @@ class NoRoleCache(RoleCache):
     def enabled(self) -> bool:
         return False
 
-
-# KEYS: entry, generation. ARGV: role id. A hit answers 1/0; a miss answers the generation.
-# The entry always holds the member "*", so that "loaded with no roles" differs from "absent".
-_LOOKUP = """
-local hit = redis.call('SMISMEMBER', KEYS[1], '*', ARGV[1])
-if hit[1] == 1 then return hit[2] end
-return redis.call('GET', KEYS[2]) or ''
-"""
 
 # KEYS: entry, generation. ARGV: generation seen at the miss, ttl, role ids...
 _FILL = """
@@ -333,7 +332,6 @@ class RedisRoleCache(RoleCache):
         self.redis = client
         self.ttl = ttl
         self.prefix = prefix
-        self._lookup = client.register_script(_LOOKUP)
         self._fill = client.register_script(_FILL)
         self._fill_card = client.register_script(_FILL_CARD)
 
@@ -350,14 +348,20 @@ class RedisRoleCache(RoleCache):
         # processes (servers, when this is the CLI) may be caching with their own TTL.
         return self.ttl > 0
 
-    @_redis_errors
     def lookup(self, user_id: uuid.UUID, role_id: uuid.UUID) -> bool | Miss:
+        return read_together(self.redis, self.lookup_reads(user_id, role_id))[0]
+
+    def lookup_reads(self, user_id: uuid.UUID, role_id: uuid.UUID) -> Reads[bool | Miss]:
         if not self.enabled:
-            return _ALWAYS_MISS
-        answer = self._lookup(keys=self._keys(user_id), args=[str(role_id)])
-        if isinstance(answer, int):
-            return answer == 1
-        return Miss(answer)
+            return Reads.local(lambda: _ALWAYS_MISS)
+        entry, generation = self._keys(user_id)
+        # The entry always holds "*", so that "loaded with no roles" differs from "absent".
+        # On a miss the generation comes from the next command, not atomically with it: a
+        # fill only needs a generation read before its database read (see the docstring).
+        return Reads(
+            (("SMISMEMBER", entry, "*", str(role_id)), ("GET", generation)),
+            lambda replies: _held_or_miss(*replies),
+        )
 
     @_redis_errors
     def fill(self, user_id: uuid.UUID, miss: Miss, role_ids: Iterable[uuid.UUID]) -> bool:
@@ -404,6 +408,11 @@ class RedisRoleCache(RoleCache):
             pipe.execute()
 
 
+def _held_or_miss(members: list[int], generation: bytes | None) -> bool | Miss:
+    loaded, held = members
+    return held == 1 if loaded == 1 else Miss(generation or b"")
+
+
 def _card_or_miss(
     user_id: uuid.UUID, card: bytes | None, generation: bytes | None
 ) -> AccountCard | Miss:
@@ -432,13 +441,22 @@ class RoleChecker:
         self.sessions = sessions
         self.cache = cache
 
-    def has_role(self, user_id: uuid.UUID, role_id: uuid.UUID) -> bool:
-        """True if the user holds the role now; unknown users and roles hold nothing."""
-        try:
-            cached = self.cache.lookup(user_id, role_id)
-        except StoreUnavailable:
-            # The database has the answer; a cache outage only costs speed here.
-            return self._ask_database(user_id, role_id)
+    def has_role(
+        self, user_id: uuid.UUID, role_id: uuid.UUID, looked_up: bool | Miss | None = None
+    ) -> bool:
+        """True if the user holds the role now; unknown users and roles hold nothing.
+
+        ``looked_up`` is the cache's answer when the caller already asked it (``lookup_reads``,
+        sent with a bearer check).
+        """
+        if looked_up is not None:
+            cached = looked_up
+        else:
+            try:
+                cached = self.cache.lookup(user_id, role_id)
+            except StoreUnavailable:
+                # The database has the answer; a cache outage only costs speed here.
+                return self._ask_database(user_id, role_id)
         if not isinstance(cached, Miss):
             return cached
         if not self.cache.enabled:

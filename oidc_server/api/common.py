@@ -17,6 +17,7 @@ from marshmallow import Schema, fields
 from werkzeug.exceptions import HTTPException
 
 from ..oauth.protector import AccessToken, BearerChallenge, authenticate_bearer
+from ..tokens.reads import Reads
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -56,9 +57,12 @@ def abort(status: int, error: str, message: str, **kwargs: Any) -> NoReturn:
     raise ApiError(status, error, message, **kwargs)
 
 
-def _acquire(scope: str | None = None, kind: str | None = None) -> AccessToken:
+def acquire_token(
+    scope: str | None = None, kind: str | None = None, also: Reads[Any] | None = None
+) -> AccessToken:
+    """The request's access token (``authenticate_bearer``), or the /api/v1 error for it."""
     try:
-        return authenticate_bearer(scope, kind)
+        return authenticate_bearer(scope, kind, also)
     except BearerChallenge as challenge:
         error = challenge.error or "unauthorized"
         if challenge.status == 403 and not challenge.scope:
@@ -76,7 +80,7 @@ def user_token_required(fn: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        g.token = _acquire(kind="user")
+        g.token = acquire_token(kind="user")
         return fn(*args, **kwargs)
 
     return wrapper
@@ -88,7 +92,7 @@ def client_token_required(scope: str) -> Callable[[Callable[P, R]], Callable[P, 
     def decorator(fn: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(fn)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            g.token = _acquire(scope, kind="client")
+            g.token = acquire_token(scope, kind="client")
             return fn(*args, **kwargs)
 
         return wrapper

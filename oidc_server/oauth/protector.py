@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from contextvars import ContextVar
 from typing import Any
 
 from authlib.integrations.flask_oauth2 import ResourceProtector
@@ -19,7 +20,7 @@ from authlib.oauth2.rfc6750 import BearerTokenValidator, InvalidTokenError
 
 from ..context import services
 from ..roles import AccountCard, Miss
-from ..tokens.reads import read_together
+from ..tokens.reads import Reads, read_together
 
 
 class AccessToken(dict):
@@ -27,11 +28,15 @@ class AccessToken(dict):
 
     ``card`` is the role cache's answer for a user's token (its user's ``AccountCard``, or a
     ``Miss``), read in the same round trip as the revocation check; pass it to ``read_card``.
+    ``also`` is the answer of the read the caller of ``authenticate_bearer`` sent with it.
     """
 
-    def __init__(self, claims: dict[str, Any], card: AccountCard | Miss | None = None) -> None:
+    def __init__(
+        self, claims: dict[str, Any], card: AccountCard | Miss | None = None, also: Any = None
+    ) -> None:
         super().__init__(claims)
         self.card = card
+        self.also = also
 
     def get_scope(self) -> str:
         return self.get("scope", "")
@@ -47,25 +52,34 @@ class AccessToken(dict):
         return "sid" in self
 
 
-def verify_bearer_token(token_string: str) -> AccessToken | None:
+#: The read ``authenticate_bearer`` was asked to send with the token check (Authlib's
+#: validator calls ``authenticate_token`` with the token string alone).
+_also: ContextVar[Reads[Any] | None] = ContextVar("bearer_also", default=None)
+
+
+def verify_bearer_token(token_string: str, also: Reads[Any] | None = None) -> AccessToken | None:
     """The access token if it is valid and not revoked; else None.
 
     A user's token also brings its user's card from the role cache: most requests made with
     one need it (``/users/me``, userinfo, introspection), and asked together with the
-    revocation check it costs no round trip of its own.
+    revocation check it costs no round trip of its own. ``also`` goes in the same round trip;
+    its answer is the token's ``also``.
     """
     svc = services()
     claims = svc.tokens.decode_access_token(token_string)
     if claims is None:
         return None
-    active = svc.store.access_token_reads(claims["jti"], claims.get("sid"))
+    reads: list[Reads[Any]] = [svc.store.access_token_reads(claims["jti"], claims.get("sid"))]
     user_id = _user_id(claims) if "sid" in claims else None
-    if user_id is None:
-        (is_active,) = read_together(svc.redis, active)
-        card = None
-    else:
-        is_active, card = read_together(svc.redis, active, svc.role_cache.card_reads(user_id))
-    return AccessToken(claims, card) if is_active else None
+    if user_id is not None:
+        reads.append(svc.role_cache.card_reads(user_id))
+    if also is not None:
+        reads.append(also)
+    answers = read_together(svc.redis, *reads)
+    if not answers[0]:
+        return None
+    card = answers[1] if user_id is not None else None
+    return AccessToken(claims, card, answers[-1] if also is not None else None)
 
 
 def _user_id(claims: dict[str, Any]) -> uuid.UUID | None:
@@ -77,7 +91,7 @@ def _user_id(claims: dict[str, Any]) -> uuid.UUID | None:
 
 class JWTAccessTokenValidator(BearerTokenValidator):
     def authenticate_token(self, token_string: str) -> AccessToken | None:
-        return verify_bearer_token(token_string)
+        return verify_bearer_token(token_string, _also.get())
 
 
 class BearerProtector(ResourceProtector):
@@ -117,8 +131,15 @@ class BearerChallenge(Exception):
         return ", ".join(parts)
 
 
-def authenticate_bearer(scope: str | None = None, kind: str | None = None) -> AccessToken:
-    """The request's valid access token, of ``kind`` ("user" or "client") and with ``scope``."""
+def authenticate_bearer(
+    scope: str | None = None, kind: str | None = None, also: Reads[Any] | None = None
+) -> AccessToken:
+    """The request's valid access token, of ``kind`` ("user" or "client") and with ``scope``.
+
+    ``also``: a read the request needs next (a role lookup), sent in the token check's round
+    trip; its answer is the token's ``also``.
+    """
+    reset = _also.set(also)
     try:
         token: AccessToken = require_token.acquire_token(None)
     except MissingAuthorizationError:
@@ -127,6 +148,8 @@ def authenticate_bearer(scope: str | None = None, kind: str | None = None) -> Ac
         raise BearerChallenge(
             401, "invalid_token", "the access token is invalid, expired or revoked"
         ) from None
+    finally:
+        _also.reset(reset)
     if kind == "user" and not token.is_user_token:
         raise BearerChallenge(403, "insufficient_scope", "this needs a user's token")
     if kind == "client" and token.is_user_token:

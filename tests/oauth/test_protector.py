@@ -1,11 +1,13 @@
 """Bearer checks (``oidc_server.oauth.protector``): what one costs in Redis and the database.
 
 A user's token is checked against the store (revoked? session ended?) and its user's account
-card read from the role cache in one Redis round trip; a warm card needs no query.
+card read from the role cache in one Redis round trip; a warm card needs no query. A role
+check (``HEAD``) sends its cached lookup along with the machine token's check the same way.
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
@@ -16,7 +18,7 @@ from oidc_server.tokens.redis_store import RedisTokenStore
 
 from ..conftest import MachineClient, bearer, password_login
 from ..support.redis_trips import round_trips
-from ..support.roles import count_queries
+from ..support.roles import count_queries, machine_token, role_id
 
 
 @pytest.fixture
@@ -59,6 +61,41 @@ def test_introspecting_a_users_token_costs_the_client_check_and_one_round_trip(
     # One for the clients' generation (is the cached client current?), one for the token.
     assert len(trips) == 2
     assert queries == []
+
+
+@pytest.mark.usefixtures("on_redis")
+@pytest.mark.parametrize(("role", "status"), [("subscriber", 200), ("admin", 404)])
+def test_a_role_check_sends_its_lookup_with_the_token_check(
+    client: FlaskClient,
+    user: User,
+    machine: MachineClient,
+    services: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    role: str,
+    status: int,
+) -> None:
+    token = machine_token(client, machine, "roles:read roles:write")
+    subscriber = f"/api/v1/users/{user.id}/roles/{role_id(services, 'subscriber')}"
+    assert client.post(subscriber, headers=bearer(token)).status_code == 201
+    check = f"/api/v1/users/{user.id}/roles/{role_id(services, role)}/"
+    assert client.head(check, headers=bearer(token)).status_code == status  # caches the set
+    with round_trips(monkeypatch) as trips, count_queries(services) as queries:
+        response = client.head(check, headers=bearer(token))
+    assert response.status_code == status
+    assert len(trips) == 1
+    assert queries == []
+
+
+@pytest.mark.usefixtures("on_redis")
+def test_a_revoked_client_token_gets_no_role_answer(
+    client: FlaskClient, user: User, machine: MachineClient
+) -> None:
+    token = machine_token(client, machine, "roles:read")
+    check = f"/api/v1/users/{user.id}/roles/{uuid.uuid4()}/"
+    assert client.head(check, headers=bearer(token)).status_code == 404
+    revoked = client.post("/oauth/revoke", data={"token": token}, headers=machine.basic)
+    assert revoked.status_code == 200
+    assert client.head(check, headers=bearer(token)).status_code == 401
 
 
 @pytest.mark.usefixtures("on_redis")
