@@ -408,6 +408,7 @@ def exercise_every_store_operation(store: TokenStore) -> set[str]:
     call("ping")
     call("bump_generation", "clients")
     call("get_generation", "clients")
+    call("generation_reads", "clients")  # a read to send later: writes nothing
     for _ in range(6):
         call("record_login_failure", "account-digest", 900)
     call("hold_login_attempts", "account-digest", now + 5, 5, 900)

@@ -69,17 +69,36 @@ def verify_bearer_token(token_string: str, also: Reads[Any] | None = None) -> Ac
     claims = svc.tokens.decode_access_token(token_string)
     if claims is None:
         return None
-    reads: list[Reads[Any]] = [svc.store.access_token_reads(claims["jti"], claims.get("sid"))]
-    user_id = _user_id(claims) if "sid" in claims else None
-    if user_id is not None:
-        reads.append(svc.role_cache.card_reads(user_id))
-    if also is not None:
-        reads.append(also)
-    answers = read_together(svc.redis, *reads)
-    if not answers[0]:
-        return None
-    card = answers[1] if user_id is not None else None
-    return AccessToken(claims, card, answers[-1] if also is not None else None)
+    check = BearerCheck(claims, also)
+    return check.token(read_together(svc.redis, *check.reads))
+
+
+class BearerCheck:
+    """What checking a well-signed token asks of Redis, and the token made of the answers.
+
+    Separate from ``verify_bearer_token`` for callers that send these reads with their own
+    (introspection sends them with the clients' generation).
+    """
+
+    def __init__(self, claims: dict[str, Any], also: Reads[Any] | None = None) -> None:
+        svc = services()
+        self.claims = claims
+        self.user_id = _user_id(claims) if "sid" in claims else None
+        self.has_also = also is not None
+        self.reads: list[Reads[Any]] = [
+            svc.store.access_token_reads(claims["jti"], claims.get("sid"))
+        ]
+        if self.user_id is not None:
+            self.reads.append(svc.role_cache.card_reads(self.user_id))
+        if also is not None:
+            self.reads.append(also)
+
+    def token(self, answers: list[Any]) -> AccessToken | None:
+        """The token, given the answers of ``reads`` in order; None if it was revoked."""
+        if not answers[0]:
+            return None
+        card = answers[1] if self.user_id is not None else None
+        return AccessToken(self.claims, card, answers[-1] if self.has_also else None)
 
 
 def _user_id(claims: dict[str, Any]) -> uuid.UUID | None:

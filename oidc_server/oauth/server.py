@@ -9,9 +9,10 @@ from authlib.oauth2.rfc6749 import InvalidClientError, OAuth2Request
 from authlib.oauth2.rfc6749.authenticate_client import authenticate_client_secret_basic
 from flask import Flask, current_app
 
-from ..clients import CLIENTS_GENERATION, SCOPES_SUPPORTED, RegisteredClient, find_client
+from ..clients import SCOPES_SUPPORTED, RegisteredClient, find_client
 from ..context import db_session, services
 from .authorization_code import AuthorizationCodeGrant, OpenIDCode, S256CodeChallenge
+from .clients_generation import clients_generation
 from .device import DeviceCodeGrant, DeviceFlow
 from .endpoints import IntrospectionEndpoint, RevocationEndpoint
 from .grants import ClientCredentialsGrant, PasswordGrant, RefreshTokenGrant
@@ -24,7 +25,7 @@ class AuthorizationServer(_AuthorizationServer):
         if not isinstance(client_id, str) or not client_id or len(client_id) > 64:
             return None
         return svc.client_cache.get(
-            svc.store.get_generation(CLIENTS_GENERATION),
+            clients_generation(),
             client_id,
             lambda: find_client(db_session(), svc.settings.secret_key, client_id),
         )

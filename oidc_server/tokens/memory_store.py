@@ -186,6 +186,9 @@ class MemoryTokenStore(TokenStore):
         with self._lock:
             return self._generations.get(name, "")
 
+    def generation_reads(self, name: str) -> Reads[str]:
+        return Reads.local(lambda: self.get_generation(name))
+
     def bump_generation(self, name: str) -> None:
         with self._lock:
             self._generations[name] = uuid.uuid4().hex

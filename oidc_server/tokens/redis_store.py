@@ -339,10 +339,14 @@ class RedisTokenStore(TokenStore):
     def clear_login_failures(self, key: str) -> None:
         self.redis.delete(self._login_failures_key(key))
 
-    @_fail_closed
     def get_generation(self, name: str) -> str:
-        raw = self.redis.get(self._generation_key(name))
-        return raw.decode() if raw else ""
+        return read_together(self.redis, self.generation_reads(name))[0]
+
+    def generation_reads(self, name: str) -> Reads[str]:
+        return Reads(
+            (("GET", self._generation_key(name)),),
+            lambda replies: replies[0].decode() if replies[0] else "",
+        )
 
     @_fail_closed
     def bump_generation(self, name: str) -> None:

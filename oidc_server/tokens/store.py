@@ -199,6 +199,10 @@ class TokenStore(ABC):
         """The current generation tag of ``name`` ("" when none was set or it expired)."""
 
     @abstractmethod
+    def generation_reads(self, name: str) -> Reads[str]:
+        """``get_generation`` as a read, to send with other stores' (``read_together``)."""
+
+    @abstractmethod
     def bump_generation(self, name: str) -> None:
         """Set a fresh, never-repeating generation tag for ``name``."""
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import pytest
 from flask.testing import FlaskClient
 
 from oidc_server.clients import CLIENTS_GENERATION
@@ -31,20 +33,32 @@ def test_a_cached_client_is_served_without_the_database(
     assert token_status(client, machine) == 200
 
 
+def introspection_status(client: FlaskClient, machine: MachineClient) -> int:
+    # Introspection reads the generation together with the token's own reads.
+    return client.post(
+        "/oauth/introspect", data={"token": "not-a-token"}, headers=machine.basic
+    ).status_code
+
+
+@pytest.mark.parametrize("status_of", [token_status, introspection_status])
 def test_a_generation_bump_drops_cached_clients_in_every_worker(
-    app: Any, client: FlaskClient, machine: MachineClient, services: Any
+    app: Any,
+    client: FlaskClient,
+    machine: MachineClient,
+    services: Any,
+    status_of: Callable[[FlaskClient, MachineClient], int],
 ) -> None:
     from oidc_server.app import create_app
 
     other_app = create_app(services.settings, store=services.store)
     other_worker = other_app.test_client()
     try:
-        assert token_status(client, machine) == 200
-        assert token_status(other_worker, machine) == 200
+        assert status_of(client, machine) == 200
+        assert status_of(other_worker, machine) == 200
         deactivate(services, machine.client_id)
         services.store.bump_generation(CLIENTS_GENERATION)
-        assert token_status(client, machine) == 401
-        assert token_status(other_worker, machine) == 401
+        assert status_of(client, machine) == 401
+        assert status_of(other_worker, machine) == 401
     finally:
         other_app.extensions["oidc"].db.dispose()
 

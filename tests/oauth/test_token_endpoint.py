@@ -13,9 +13,12 @@ from flask.testing import FlaskClient
 
 from oidc_server.models import User
 from oidc_server.security import hash_token
+from oidc_server.tokens.redis_store import RedisTokenStore
 from oidc_server.tokens.store import RefreshRecord, SessionRecord
 
 from ..conftest import MachineClient, bearer, make_client, password_login
+from ..support.redis_trips import round_trips
+from ..support.roles import count_queries
 
 
 def token_error(response: Any, status: int, error: str) -> None:
@@ -258,6 +261,20 @@ def test_refresh_rotates_the_token(client: FlaskClient, user: User, services: An
     new = services.tokens.verify_access_token(second.json["access_token"])
     assert new["sid"] == old["sid"] and new["jti"] != old["jti"]
     assert refresh(client, second.json["refresh_token"]).status_code == 200
+
+
+def test_a_warm_refresh_costs_two_redis_round_trips_and_no_query(
+    client: FlaskClient, user: User, services: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client check's generation and the user's card go together; the rotation alone."""
+    if not isinstance(services.store, RedisTokenStore):
+        pytest.skip("TEST_REDIS_URL not set (CI always sets it)")
+    first = refresh(client, password_login(client).json["refresh_token"]).json  # warms caches
+    with round_trips(monkeypatch) as trips, count_queries(services) as queries:
+        second = refresh(client, first["refresh_token"])
+    assert second.status_code == 200
+    assert len(trips) == 2
+    assert queries == []
 
 
 def test_a_refresh_token_names_its_user_and_a_forged_name_spends_nothing(
