@@ -10,11 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import g
+from flask import has_request_context, request
 
 from ..clients import CLIENTS_GENERATION
 from ..context import services
 from ..tokens.reads import Reads, read_together
+
+#: Where the generation read for a request is kept: its WSGI environ, which lives exactly as
+#: long as the request (Flask's ``g`` can outlive one, in an app context pushed around several).
+_ENVIRON_KEY = "oidc_server.clients_generation"
 
 
 def read_with_clients_generation(*reads: Reads[Any]) -> list[Any]:
@@ -23,13 +27,14 @@ def read_with_clients_generation(*reads: Reads[Any]) -> list[Any]:
     generation, *answers = read_together(
         svc.redis, svc.store.generation_reads(CLIENTS_GENERATION), *reads
     )
-    g.clients_generation = generation
+    if has_request_context():
+        request.environ[_ENVIRON_KEY] = generation
     return answers
 
 
 def clients_generation() -> str:
     """The generation read earlier in this request, else read now."""
-    generation = g.get("clients_generation")
+    generation = request.environ.get(_ENVIRON_KEY) if has_request_context() else None
     if generation is None:
         generation = services().store.get_generation(CLIENTS_GENERATION)
     return generation

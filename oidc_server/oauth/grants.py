@@ -164,10 +164,10 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
             user_id = None
         if user_id is None:
             read_with_clients_generation()
-            self.request.read_card = None
+            self.request.named_users_card = None
             return
         (card,) = read_with_clients_generation(services().role_cache.card_reads(user_id))
-        self.request.read_card = (claimed, card)
+        self.request.named_users_card = (claimed, card)
 
     def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
         tokens = services().tokens
@@ -175,8 +175,8 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         user_id = tokens.refresh_token_user(presented)
         # The user's roles (and that the account is still enabled) are read before the token
         # is spent: a database that is down or slow must not cost the client its token.
-        read = getattr(self.request, "read_card", None)
-        looked_up = read[1] if read is not None and read[0] == user_id else None
+        early = getattr(self.request, "named_users_card", None)
+        looked_up = early[1] if early is not None and early[0] == user_id else None
         card = (
             None
             if user_id is None
