@@ -57,7 +57,7 @@ def read_together(client: redis.Redis | None, *reads: Reads[Any]) -> list[Any]:
                 pipe.execute_command(*command)
             replies = pipe.execute()
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise StoreUnavailable("token store unavailable") from exc
+        raise StoreUnavailable("Redis unavailable") from exc
     answers = []
     start = 0
     for read in reads:
