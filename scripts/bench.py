@@ -543,6 +543,16 @@ def main() -> None:
             report["growth"] = scenarios(
                 specs, args.seconds, args.connections, only={"password_login"}
             )
+            # Its own reference, right after: logins compare as shares of the argon2id rate,
+            # which the machine's drift between the two measurements does not move.
+            growth_rate = argon2_rate(workers, args.seconds, params)
+            grown_login = report["growth"]["password_login"]["rps"]
+            report["growth"]["argon2_verify_per_s"] = round(growth_rate, 1)
+            report["growth"]["login_share_of_argon2_rate"] = round(grown_login / growth_rate, 3)
+            print(
+                f"argon2id verify rate ({workers} processes): {growth_rate:.1f}/s; "
+                f"logins {grown_login:.1f}/s = {grown_login / growth_rate:.0%} of it"
+            )
             print(f"history after growing, {GROWTH_REPEATS} runs each:", flush=True)
             history_after = median_rates(specs, args.seconds, args.connections, HISTORY_SCENARIOS)
             report["growth"]["history"] = {}
@@ -558,16 +568,6 @@ def main() -> None:
                     f"{name}: median {before['median']:.0f} -> {after['median']:.0f} req/s "
                     f"({change:+.0%})"
                 )
-            # Its own reference, right after: logins compare as shares of the argon2id rate,
-            # which the machine's drift between the two measurements does not move.
-            growth_rate = argon2_rate(workers, args.seconds, params)
-            grown_login = report["growth"]["password_login"]["rps"]
-            report["growth"]["argon2_verify_per_s"] = round(growth_rate, 1)
-            report["growth"]["login_share_of_argon2_rate"] = round(grown_login / growth_rate, 3)
-            print(
-                f"argon2id verify rate ({workers} processes): {growth_rate:.1f}/s; "
-                f"logins {grown_login:.1f}/s = {grown_login / growth_rate:.0%} of it"
-            )
     finally:
         server.stop()
     out = RESULTS / "bench.json"
