@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, NoReturn
 
-from flask import current_app, g
+from flask import current_app
 from flask.views import MethodView
 from marshmallow import Schema, fields, validate
 
@@ -232,7 +232,6 @@ def check_user_role(user_id: uuid.UUID, role_id: uuid.UUID) -> Any:
     # The token check and the cached role lookup go to Redis in one round trip: this is the
     # request other services make most. (So no client_token_required decorator here.)
     token = acquire_token(READ, kind="client", also=checker.cache.lookup_reads(user_id, role_id))
-    g.token = token
     held = checker.has_role(user_id, role_id, looked_up=token.also)
     # No body and Content-Length: 0 (there is no GET to mirror), so that clients which read a
     # response by its length, HEAD or not, never wait for bytes that are not coming.

@@ -130,16 +130,14 @@ class IntrospectionEndpoint(_IntrospectionEndpoint):
         # generation that authenticating the client needs: one round trip for both. Nothing
         # read is used unless the client authenticates.
         token_string = request.form.get("token")
-        if not token_string or request.form.get("token_type_hint") == "refresh_token":
-            read_with_clients_generation()
-            return super().authenticate_endpoint_client(request)
-        claims = services().tokens.decode_access_token(token_string)
-        if claims is None:
-            read_with_clients_generation()
-            request.checked_access_token = None
-        else:
-            check = BearerCheck(claims)
-            request.checked_access_token = check.token(read_with_clients_generation(*check.reads))
+        check = None
+        if token_string and request.form.get("token_type_hint") != "refresh_token":
+            claims = services().tokens.decode_access_token(token_string)
+            check = None if claims is None else BearerCheck(claims)
+            request.checked_access_token = None  # not a current access token of ours
+        answers = read_with_clients_generation(*(check.reads if check else ()))
+        if check is not None:
+            request.checked_access_token = check.token(answers)
         return super().authenticate_endpoint_client(request)
 
     def authenticate_token(self, request: Any, client: Any) -> FoundToken | None:
@@ -156,9 +154,6 @@ class IntrospectionEndpoint(_IntrospectionEndpoint):
 
     def check_params(self, request: Any, client: Any) -> None:
         check_token_param(request)
-
-    def query_token(self, token_string: str, token_type_hint: str | None) -> FoundToken | None:
-        return find_token(token_string, token_type_hint)
 
     def check_permission(self, token: FoundToken, client: Any, request: Any) -> bool:
         return bool(client.is_confidential)

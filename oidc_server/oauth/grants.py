@@ -32,8 +32,6 @@ from ..tokens.service import (
     RefreshTokenInvalid,
     RefreshTokenReused,
     RefreshTokenScopeExceeded,
-    claimed_user_id,
-    split_refresh_token,
 )
 from .clients_generation import read_with_clients_generation
 
@@ -146,37 +144,32 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
 
     def validate_token_request(self) -> None:
         _single_valued(self.request, "refresh_token", "scope")
-        self._read_card_with_clients_generation()
+        self._read_named_user()
         self.request.client = self._validate_request_client()
         if self.request.form.get("refresh_token") is None:
             raise InvalidRequestError("Missing 'refresh_token' in request.")
 
-    def _read_card_with_clients_generation(self) -> None:
-        """The card of the user the token names goes with the generation the client check
-        needs: one round trip (used only once the client and the token check out)."""
+    def _read_named_user(self) -> None:
+        """The user the token names and their cached card, the card read with the generation
+        the client check needs: one round trip (used only once the client checks out)."""
         presented = self.request.form.get("refresh_token")
-        claimed = None
-        if isinstance(presented, str) and split_refresh_token(presented) is not None:
-            claimed = claimed_user_id(presented)
+        user_id = (
+            services().tokens.refresh_token_user(presented) if isinstance(presented, str) else None
+        )
         try:
-            user_id = uuid.UUID(claimed) if claimed else None
+            key = uuid.UUID(user_id) if user_id else None
         except ValueError:
-            user_id = None
-        if user_id is None:
-            read_with_clients_generation()
-            self.request.named_users_card = None
-            return
-        (card,) = read_with_clients_generation(services().role_cache.card_reads(user_id))
-        self.request.named_users_card = (claimed, card)
+            key = None
+        reads = [] if key is None else [services().role_cache.card_reads(key)]
+        answers = read_with_clients_generation(*reads)
+        self.request.named_user = (user_id, answers[0] if answers else None)
 
     def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
         tokens = services().tokens
         presented = self.request.form["refresh_token"]
-        user_id = tokens.refresh_token_user(presented)
+        user_id, looked_up = self.request.named_user
         # The user's roles (and that the account is still enabled) are read before the token
         # is spent: a database that is down or slow must not cost the client its token.
-        early = getattr(self.request, "named_users_card", None)
-        looked_up = early[1] if early is not None and early[0] == user_id else None
         card = (
             None
             if user_id is None

@@ -93,7 +93,7 @@ def test_a_role_check_sends_its_lookup_with_the_token_check(
 
 
 @pytest.mark.usefixtures("on_redis")
-def test_a_revoked_client_token_gets_no_role_answer(
+def test_a_revoked_client_token_is_refused_by_the_role_check(
     client: FlaskClient, user: User, machine: MachineClient
 ) -> None:
     token = machine_token(client, machine, "roles:read")

@@ -12,7 +12,6 @@ from sqlalchemy import event, select
 
 from oidc_server.models import AuditLog, Role, UserRole
 from oidc_server.roles import RoleCache, role_cache_for
-from oidc_server.tokens.redis_store import RedisTokenStore
 
 from ..conftest import MachineClient, bearer
 
@@ -58,8 +57,7 @@ def audit_entries(services: Any, action: str | None = None) -> list[AuditLog]:
 
 def cache_of(services: Any) -> RoleCache:
     """A role cache equal to the app's: Redis when the suite runs on Redis, else none."""
-    client = services.store.redis if isinstance(services.store, RedisTokenStore) else None
-    return role_cache_for(client, services.settings.roles_cache_ttl)
+    return role_cache_for(services.redis, services.settings.roles_cache_ttl)
 
 
 _TRANSACTION_CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")

@@ -63,16 +63,22 @@ def test_reads_of_the_token_store_and_the_role_cache_share_one_round_trip(
     assert isinstance(cold, Miss)
 
 
-def test_a_miss_read_together_still_guards_the_fill_against_a_change(
+def test_a_miss_read_together_carries_the_generation_a_fill_checks(
     client: redis.Redis,
 ) -> None:
     """The generation a pipelined miss carries is the one a fill checks (see roles.py)."""
     cache = RedisRoleCache(client, ttl=60)
     user_id = uuid.uuid4()
+    cache.invalidate([user_id])  # an earlier change: the generation is no longer empty
+    card = AccountCard(user_id, "card@example.com", False, _now(), ())
     (miss,) = read_together(client, cache.card_reads(user_id))
     assert isinstance(miss, Miss)
+    assert cache.fill_card(card, miss)  # nothing changed since the miss: stored
+    assert cache.lookup_card(user_id) == card
+
+    cache.invalidate([user_id])
+    (miss,) = read_together(client, cache.card_reads(user_id))
     cache.invalidate([user_id])  # a change lands between the miss and the fill
-    card = AccountCard(user_id, "late@example.com", False, _now(), ())
     assert not cache.fill_card(card, miss)
     assert isinstance(cache.lookup_card(user_id), Miss)
 
