@@ -72,8 +72,8 @@ def authenticate(
 ) -> User | None:
     """The active user with this login and password, else None.
 
-    Unknown logins verify a dummy hash so they take as long as a wrong password. A hash made
-    with older argon2 parameters is replaced on a successful check.
+    Unknown logins still cost one argon2id hash, so they take as long as a wrong password. A
+    hash made with older argon2 parameters is replaced on a successful check.
     """
     user = find_user_by_login(session, login) if isinstance(login, str) else None
     stored = user.password_hash if user is not None else None

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from .config import PROJECT_ROOT
@@ -39,6 +39,15 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
     return engine
+
+
+def import_driver(url: str) -> None:
+    """Import the database driver the URL names, which ``create_engine`` would import later.
+
+    The production server calls it before forking its workers, so that they share the driver's
+    pages and none spends its start importing it (psycopg: about 0.1 s).
+    """
+    make_url(url).get_dialect().import_dbapi()
 
 
 class Database:

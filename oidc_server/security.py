@@ -18,18 +18,23 @@ class PasswordHasher:
         self._argon2 = _Argon2(
             time_cost=time_cost, memory_cost=memory_cost, parallelism=parallelism, type=Type.ID
         )
-        # Verified for unknown logins so that they cost the same time as a wrong password.
-        self._dummy_hash = self._argon2.hash(secrets.token_urlsafe(16))
 
     def hash(self, password: str) -> str:
         return self._argon2.hash(password)
 
     def verify(self, stored_hash: str | None, password: str) -> bool:
-        """Check ``password``; a missing hash still costs one verification."""
+        """Check ``password``; a missing hash still costs one verification.
+
+        Without a stored hash (an unknown login) the password is hashed with our parameters
+        and the result thrown away: the same argon2id work as verifying against a hash made
+        with them, so an unknown login takes as long as a wrong password. (It once verified a
+        dummy hash made at start-up, which cost every worker one hash before its first answer.)
+        """
+        if not stored_hash:
+            self._argon2.hash(password)
+            return False
         try:
-            return self._argon2.verify(stored_hash or self._dummy_hash, password) and bool(
-                stored_hash
-            )
+            return self._argon2.verify(stored_hash, password)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False
 

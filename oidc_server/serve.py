@@ -312,6 +312,15 @@ def main(argv: list[str] | None = None) -> None:
         refuse_a_taken_port(settings.host, settings.port)
         # Imported once here, before the fork, so that workers share these pages.
         importlib.import_module("oidc_server.app")
+        from .config import ConfigError, Settings
+        from .db import import_driver
+
+        try:
+            app_settings = Settings.from_env()
+        except ConfigError as exc:
+            # Here, not in every worker: granian would restart them until it gave up.
+            raise SystemExit(f"Error: {exc}") from None
+        import_driver(app_settings.resolved_database_url)
         server = build_server(settings)
         if settings.timeout:
             watchdog = Watchdog(heartbeats, settings.timeout, metrics)

@@ -435,6 +435,27 @@ def test_a_port_something_listens_on_is_refused(tmp_path: Path, signing_key_file
     assert f"cannot listen on 127.0.0.1:{port}" in refused.stderr
 
 
+def test_a_setting_the_app_refuses_stops_the_server_with_one_line(
+    tmp_path: Path, signing_key_file: Path
+) -> None:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("TEST_", "WEB_", "SECRET"))},
+        "HOST": "127.0.0.1",
+        "PORT": str(free_port()),
+        "APP_ENV": "production",
+        "DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:1/unused",
+        "OIDC_KEYS_DIR": str(signing_key_file.parent),
+        "INSTANCE_DIR": str(tmp_path / "instance"),
+    }
+    refused = subprocess.run(
+        COMMAND, cwd=ROOT, env=env, capture_output=True, text=True, timeout=PATIENCE * 3
+    )
+    assert refused.returncode != 0
+    assert refused.stderr.strip().splitlines() == [
+        "Error: APP_ENV=production needs SECRET_KEY of at least 32 characters"
+    ]
+
+
 @pytest.mark.parametrize("name", ["PORT", "WEB_CONCURRENCY", "WEB_THREADS", "WEB_TIMEOUT"])
 def test_a_malformed_number_in_the_environment_is_a_clear_error(
     monkeypatch: pytest.MonkeyPatch, name: str

@@ -182,7 +182,7 @@ def test_unknown_login_and_wrong_password_take_the_same_time(
 ) -> None:
     """Medians of interleaved runs agree within a generous factor."""
     # argon2 at OWASP's minimum cost (19 MiB, t=2) rather than the suite's token cost, so
-    # that, as in production, the hash dominates. Without the dummy hash for unknown logins
+    # that, as in production, the hash dominates. Without the hash that unknown logins still cost
     # the ratio is about 0.1; with it, about 1.
     with fresh_app(
         settings,
