@@ -76,6 +76,10 @@ LOGIN_FAILURES = Counter(
 RATE_LIMITED = Counter(
     "oidc_rate_limited_total", "Requests refused by a rate limit, by route template.", ["route"]
 )
+ABANDONED = Counter(
+    "http_requests_abandoned_total",
+    "Requests not run because their client left while they waited for a worker thread.",
+)
 REFRESH_REUSE = Counter(
     "oidc_refresh_token_reuse_total",
     "Spent refresh tokens presented again; each ended its session (RFC 9700 section 4.14.2).",

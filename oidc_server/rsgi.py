@@ -12,6 +12,14 @@ What is refused here, before the app sees the request:
 - a body larger than ``max_body`` bytes: 413, unread when ``Content-Length`` announces it;
 - a body that has not fully arrived ``body_timeout`` seconds after the head: 408.
 
+And a request that had to wait for a thread is not run at all if its client has gone by the
+time a thread is free (``on_abandoned`` is told): under overload, say 32 logins queued behind
+argon2id, clients and load balancers give up, and hashing for them would only lengthen the
+queue for those still waiting. A request that got a thread at once is not watched (watching
+costs a task), and one that has started always runs to its end. (A client that only
+half-closes, shutting its sending side while it waits, counts as gone: granian 2.8 closes such
+a connection without an answer whether or not the request runs, as tried by hand.)
+
 The request line and headers are granian's to bound: its HTTP/1 header read timeout and
 buffer size (``oidc_server/serve.py``).
 """
@@ -128,12 +136,17 @@ class RSGIServer:
         max_body: int,
         body_timeout: float | None,
         on_loop_start: Callable[[asyncio.AbstractEventLoop], None] | None = None,
+        on_abandoned: Callable[[], None] | None = None,
     ) -> None:
         self.app = app
         self.max_body = max_body
         self.body_timeout = body_timeout
         self.on_loop_start = on_loop_start
+        self.on_abandoned = on_abandoned
+        self.threads = threads
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="request")
+        #: Requests handed to the pool and not yet answered; only the event loop changes it.
+        self.in_pool = 0
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         """granian calls this in the worker once its event loop exists."""
@@ -158,17 +171,44 @@ class RSGIServer:
             )
         else:
             environ = build_environ(scope, body)
-            loop = asyncio.get_running_loop()
+            # Every thread busy: this request will wait, so watch for its client leaving.
+            gone = (
+                asyncio.ensure_future(protocol.client_disconnect())
+                if self.in_pool >= self.threads
+                else None
+            )
+            self.in_pool += 1
             try:
-                status, headers, payload = await loop.run_in_executor(
-                    self.pool, run_wsgi, self.app, environ
+                answer = await asyncio.get_running_loop().run_in_executor(
+                    self.pool, self._run_unless_gone, environ, gone
                 )
             except Exception:
                 # Flask answers its own errors; this is a failure outside it (the response's
                 # iterable, this adapter): still a JSON answer, and the traceback in the logs.
                 log.exception("the app failed outside its own error handling")
-                status, headers, payload = _error(500, "server_error", "internal error")
+                answer = _error(500, "server_error", "internal error")
+            finally:
+                self.in_pool -= 1
+                if gone is not None:
+                    gone.cancel()
+            if answer is None:
+                log.info(
+                    "client gone before its request ran; not run",
+                    extra={"method": scope.method, "path": scope.path},
+                )
+                if self.on_abandoned is not None:
+                    self.on_abandoned()
+                return  # nobody to answer
+            status, headers, payload = answer
         protocol.response_bytes(status, headers, payload)
+
+    def _run_unless_gone(
+        self, environ: dict[str, Any], gone: asyncio.Future[None] | None
+    ) -> tuple[int, Headers, bytes] | None:
+        """In a pool thread: the app's answer, or None if the client left while it waited."""
+        if gone is not None and gone.done():
+            return None
+        return run_wsgi(self.app, environ)
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         """granian calls this when the worker stops: let running requests finish."""

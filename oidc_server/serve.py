@@ -117,6 +117,7 @@ class ServeSettings:
 def rsgi_app() -> Any:
     """The factory granian calls in each worker: the Flask app behind the RSGI adapter."""
     from .app import create_app
+    from .observability import ABANDONED
     from .rsgi import RSGIServer
 
     settings = ServeSettings.from_env()
@@ -128,6 +129,7 @@ def rsgi_app() -> Any:
         max_body=app.config["MAX_CONTENT_LENGTH"],
         body_timeout=float(settings.timeout) if settings.timeout else None,
         on_loop_start=_heartbeat(Path(heartbeats)) if heartbeats else None,
+        on_abandoned=ABANDONED.inc,
     )
 
 

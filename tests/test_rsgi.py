@@ -1,12 +1,23 @@
-"""The RSGI adapter's translation of a request into WSGI and of the app's answer back."""
+"""The RSGI adapter: a request translated into WSGI and the answer back; queued requests
+whose client has gone are not run."""
 
 from __future__ import annotations
 
 import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import pytest
+
 from oidc_server.rsgi import build_environ, run_wsgi
+from tests.support.waiting import free_port, wait_for
 
 
 class Headers:
@@ -152,3 +163,75 @@ def test_a_failure_outside_the_apps_own_handling_is_a_json_500() -> None:
     assert status == 500
     assert ("content-type", "application/json") in headers
     assert b"server_error" in body and b"half" not in body
+
+
+# Under granian --------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def slow_app(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """granian serving tests/support/rsgi_app.py (one thread; /slow holds it for 1 s)."""
+    record = tmp_path / "record"
+    record.touch()
+    port = free_port()
+    env = {**os.environ, "RSGI_APP_RECORD": str(record), "RSGI_APP_SLOW_SECONDS": "1.0"}
+    command = [str(Path(sys.executable).parent / "granian"), "--interface", "rsgi", "--factory"]
+    command += ["--workers", "1", "--host", "127.0.0.1", "--port", str(port)]
+    with open(tmp_path / "granian.log", "wb") as log:
+        process = subprocess.Popen(
+            [*command, "tests.support.rsgi_app:make"], cwd=ROOT, env=env, stdout=log, stderr=log
+        )
+    try:
+        wait_for(lambda: _answers(port), "granian to answer")
+        record.write_text("")
+        yield port, record
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            return sock.recv(64).startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+
+def _send(port: int, path: str) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    return sock
+
+
+def _status(sock: socket.socket) -> int:
+    with sock:
+        return int(sock.recv(64).split(b" ", 2)[1])
+
+
+def test_a_queued_request_whose_client_left_is_not_run(slow_app: tuple[int, Path]) -> None:
+    port, record = slow_app
+    slow = _send(port, "/slow")
+    wait_for(lambda: record.read_text().split() == ["/slow"], "the slow request to start")
+    left = _send(port, "/left")  # waits for the one thread ...
+    time.sleep(0.2)
+    left.close()  # ... and its client gives up
+    waiting = _send(port, "/waiting")  # waits too, and its client stays
+    assert _status(slow) == 200
+    assert _status(waiting) == 200
+    # "abandoned" is written once the thread has moved on to /waiting: either order.
+    assert sorted(record.read_text().split()) == ["/slow", "/waiting", "abandoned"]
+
+
+def test_a_request_that_started_runs_to_its_end_when_its_client_leaves(
+    slow_app: tuple[int, Path],
+) -> None:
+    port, record = slow_app
+    leaving = _send(port, "/slow-then-left")
+    wait_for(lambda: "/slow-then-left" in record.read_text().split(), "the request to start")
+    leaving.close()
+    assert _status(_send(port, "/next")) == 200  # served once the first one has finished
+    assert record.read_text().split() == ["/slow-then-left", "/next"]

@@ -328,6 +328,27 @@ def test_metrics_are_written_to_the_configured_folder_and_served(server: Server)
     assert list(server.metrics.glob("*.db"))
 
 
+def test_requests_not_run_for_gone_clients_are_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The adapter's part is tests/test_rsgi.py's; here, that the server wires it to the metric.
+    from flask import Flask
+    from prometheus_client import generate_latest
+
+    from oidc_server import app as app_module
+    from oidc_server.observability import ABANDONED
+    from oidc_server.serve import rsgi_app
+
+    monkeypatch.setattr(app_module, "create_app", lambda: Flask("bare"))
+    adapter = rsgi_app()
+    try:
+        before = ABANDONED._value.get()
+        assert adapter.on_abandoned is not None
+        adapter.on_abandoned()
+        assert ABANDONED._value.get() == before + 1
+        assert b"http_requests_abandoned_total" in generate_latest()
+    finally:
+        adapter.pool.shutdown()
+
+
 def test_the_servers_own_lines_are_json(server: Server) -> None:
     lines = [line for line in server.log.read_text().splitlines() if line.strip()]
     granian_lines = [json.loads(line) for line in lines if '"_granian"' in line]
