@@ -3,9 +3,10 @@
 Starts the production server as `make run-prod` does (``python -m oidc_server.serve``, granian;
 APP_ENV=production, rate limits off) on PostgreSQL and Redis, seeds a client, users, roles and
 sessions, then loads each scenario with autocannon (bench/load.mjs) on loopback for a bounded
-time. ``--growth`` then seeds 1,000,000 users and 10,000,000 login-history rows and repeats
-login and history paging, to show cost does not grow with data (history paging is measured
-``GROWTH_REPEATS`` times on each side and the medians compared).
+time. ``--growth`` then shows that cost does not grow with data: it copies the database as the
+scenarios left it (1,000 users), grows the original by 1,000,000 users and 10,000,000
+login-history rows, and measures login and history paging on the two alternately (a server
+started for each turn), ``GROWTH_REPEATS`` times each, comparing medians.
 
     .venv/bin/python scripts/bench.py [--seconds 10] [--connections 32] [--workers N] [--growth]
                                       [--only SCENARIO ...]
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import multiprocessing
 import os
@@ -38,6 +40,7 @@ from typing import Any
 
 import requests
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
 
 from oidc_server.serve import default_workers, usable_cores
 
@@ -66,11 +69,13 @@ REFRESH_SESSIONS = 60_000
 #: concurrent argon2id hashes is done (~0.7 s on 2 cores); a 10 s count that includes that fill
 #: read 6-8 % under the server's steady rate. The other scenarios answer in milliseconds.
 LOGIN_SETTLE_SECONDS = 2
-#: The growth run's history scenarios, and how often each is measured before and after growing:
-#: back-to-back runs of them on a shared 2-core machine differ by 15-25 %, so one run on each
-#: side could neither show nor rule out a 10 % change; their medians are compared.
-HISTORY_SCENARIOS = ("history_first_page", "history_deep_page")
-GROWTH_REPEATS = 3
+#: The growth run's scenarios, and how often each is measured on each side. Back-to-back runs
+#: on a shared 2-core machine differ by 15-25 %, and measuring "before" and "after" minutes
+#: apart (the growth takes 5-11) let the machine's drift read as a +19 % or a -20 % change in
+#: two runs of session 5. So both databases are kept and measured alternately (small, grown,
+#: grown, small, ...): drift falls on both alike. Their medians are compared.
+GROWTH_SCENARIOS = ("password_login", "history_first_page", "history_deep_page")
+GROWTH_REPEATS = 4
 #: Scenarios measured a second time over one connection (see ``scenarios``).
 LATENCY_ALONE = {"head_role_check", "users_me"}
 
@@ -88,6 +93,25 @@ def ensure_database(url: str) -> None:
         if not conn.scalar(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}):
             conn.execute(text(f'CREATE DATABASE "{name}"'))
     engine.dispose()
+
+
+def copy_database(url: str, copy_name: str) -> str:
+    """A fresh copy of the database at ``url`` named ``copy_name``; its URL. Nobody may be
+    connected to the original (PostgreSQL copies it as a template)."""
+    base, _, name = url.rpartition("/")
+    engine = create_engine(f"{base}/postgres", isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{copy_name}"'))
+        for attempt in range(50):
+            try:
+                conn.execute(text(f'CREATE DATABASE "{copy_name}" TEMPLATE "{name}"'))
+                break
+            except OperationalError:  # a just-stopped server's sessions are still closing
+                if attempt == 49:
+                    raise
+                time.sleep(0.1)
+    engine.dispose()
+    return f"{base}/{copy_name}"
 
 
 def reset_database(url: str) -> None:
@@ -150,8 +174,8 @@ def argon2_rate(workers: int, seconds: float, params: dict[str, int]) -> float:
 class Server:
     """The production server (``python -m oidc_server.serve``), as `make run-prod` starts it."""
 
-    def __init__(self, env: dict[str, str], workers: int) -> None:
-        self.env, self.workers = env, workers
+    def __init__(self, env: dict[str, str], workers: int, log_name: str = "server.log") -> None:
+        self.env, self.workers, self.log_name = env, workers, log_name
         self.url = f"http://127.0.0.1:{env['PORT']}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.start_seconds = 0.0
@@ -165,7 +189,7 @@ class Server:
         )
         started = time.monotonic()
         # HOST, PORT, WEB_CONCURRENCY (= self.workers) and LOG_LEVEL come from the environment.
-        with open(RESULTS / "server.log", "wb") as log:
+        with open(RESULTS / self.log_name, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "oidc_server.serve"],
                 env=self.env,
@@ -179,19 +203,47 @@ class Server:
                 break
             except (requests.ConnectionError, requests.Timeout):
                 if self.proc.poll() is not None or time.monotonic() - started > 60:
-                    raise RuntimeError("server did not start; see bench-results/server.log")
+                    raise RuntimeError(f"server did not start; see bench-results/{self.log_name}")
                 time.sleep(0.02)
         self.start_seconds = time.monotonic() - started
+
+    def worker_pids(self) -> list[str]:
+        assert self.proc is not None
+        return subprocess.run(
+            ["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True
+        ).stdout.split()
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the server's processes (main process and workers)."""
+        assert self.proc is not None
+        ticks = 0
+        for pid in [str(self.proc.pid), *self.worker_pids()]:
+            with contextlib.suppress(FileNotFoundError):
+                # After the command's closing parenthesis: state, ..., utime (14th), stime.
+                fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+                ticks += int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+    def wait_idle(self, timeout: float = 120.0) -> None:
+        """Return once the server has stopped working. When a load ends, the requests its
+        connections had in flight are still queued in the workers (32 logins are seconds of
+        argon2id), and whatever is measured next would share the CPU with them: session 5's
+        argon2id reference, measured right after the logins, read low that way."""
+        deadline = time.monotonic() + timeout
+        last = self.cpu_seconds()
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            now = self.cpu_seconds()
+            if now - last < 0.05:  # under a tenth of a core over the half second
+                return
+            last = now
+        raise RuntimeError(f"the server was still busy {timeout:.0f}s after a load")
 
     def worker_memory_mb(self, field: str) -> list[float]:
         """Each worker's ``Rss`` (shared pages counted in full) or ``Pss`` (shared pages split
         between the processes sharing them), from /proc/PID/smaps_rollup."""
-        assert self.proc is not None
-        children = subprocess.run(
-            ["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True
-        ).stdout.split()
         sizes = []
-        for pid in children:
+        for pid in self.worker_pids():
             rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
             kb = next(
                 int(line.split()[1]) for line in rollup.splitlines() if line.startswith(f"{field}:")
@@ -398,9 +450,14 @@ def build_specs(server: Server, data: dict[str, Any]) -> dict[str, dict[str, Any
 
 
 def scenarios(
-    specs: dict[str, dict[str, Any]], seconds: int, conns: int, only: set[str] | None = None
+    server: Server,
+    specs: dict[str, dict[str, Any]],
+    seconds: int,
+    conns: int,
+    only: set[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Load each scenario of ``only`` (default: all) after a short warm-up; their figures."""
+    """Load each scenario of ``only`` (default: all) after a short warm-up; their figures.
+    After every load the server is given time to finish what was still queued."""
     results = {}
     for name, request in specs.items():
         if only and name not in only:
@@ -413,6 +470,7 @@ def scenarios(
             spec["bodies"] = request["bodies"] = request["bodies"][500:]
         else:
             load({**spec, "seconds": 2})
+        server.wait_idle()
         runs = [(name, spec)]
         if name in LATENCY_ALONE:
             # One request at a time: the latency of the request itself, without the queue that
@@ -422,6 +480,7 @@ def scenarios(
             runs.append((f"{name}@1conn", {**spec, "connections": 1}))
         for label, run in runs:
             results[label] = load(run)
+            server.wait_idle()
             print(
                 f"{label:<20} {results[label]['rps']:>9.1f} {results[label]['p50']:>7} "
                 f"{results[label]['p99']:>7} {results[label]['bad']:>7}",
@@ -430,16 +489,79 @@ def scenarios(
     return results
 
 
-def median_rates(
-    specs: dict[str, dict[str, Any]], seconds: int, conns: int, names: tuple[str, ...]
-) -> dict[str, dict[str, Any]]:
-    """Each of ``names`` measured ``GROWTH_REPEATS`` times, interleaved; the runs and median."""
-    runs: dict[str, list[float]] = {name: [] for name in names}
-    for _ in range(GROWTH_REPEATS):
-        measured = scenarios(specs, seconds, conns, set(names))
-        for name in names:
-            runs[name].append(measured[name]["rps"])
-    return {name: {"runs": r, "median": statistics.median(r)} for name, r in runs.items()}
+def alternate(
+    sides: dict[str, Server], data: dict[str, Any], seconds: int, conns: int
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """``GROWTH_SCENARIOS`` against each side's server, ``GROWTH_REPEATS`` times, the sides'
+    order reversed every round (A B, B A, A B, ...); per side and scenario, the runs and
+    median. One server runs at a time: with both up, whichever had started first measured
+    5-10 % slower, whatever its database (tried with both orders)."""
+    runs = {side: {name: [] for name in GROWTH_SCENARIOS} for side in sides}
+    for round_ in range(GROWTH_REPEATS):
+        order = list(sides) if round_ % 2 == 0 else list(reversed(sides))
+        for side in order:
+            print(f"-- {side}, round {round_ + 1}", flush=True)
+            server = sides[side]
+            server.start()
+            try:
+                measured = scenarios(
+                    server, build_specs(server, data), seconds, conns, set(GROWTH_SCENARIOS)
+                )
+            finally:
+                server.stop()
+            for name in GROWTH_SCENARIOS:
+                if measured[name]["bad"]:
+                    raise RuntimeError(
+                        f"{side}: {name} answered errors; its rate is not comparable"
+                    )
+                runs[side][name].append(measured[name]["rps"])
+    return {
+        side: {name: {"runs": r, "median": statistics.median(r)} for name, r in by_name.items()}
+        for side, by_name in runs.items()
+    }
+
+
+def growth(
+    server: Server, env: dict[str, str], data: dict[str, Any], args: argparse.Namespace
+) -> dict[str, Any]:
+    """Logins and history paging at 1,000 users against 1M users / 10M rows: the database as
+    the scenarios left it is copied, the original grown, and the two measured alternately."""
+    server.stop()
+    db_url = env["DATABASE_URL"]
+    small_url = copy_database(db_url, db_url.rpartition("/")[2] + "_small")
+    print("growth: adding 1,000,000 users and 10,000,000 history rows ...", flush=True)
+    started = time.monotonic()
+    grow(db_url, users=1_000_000, rows=10_000_000)
+    seeded = time.monotonic() - started
+    print(f"seeded in {seeded:.0f}s")
+    # The same issuer, keys and Redis: a token from one is good on the other.
+    small = Server({**env, "DATABASE_URL": small_url}, server.workers, "server-small.log")
+    server.start()
+    try:
+        # A new access token: the seeded one may expire (15 min) before the growth run ends.
+        login = requests.post(
+            f"{server.url}/api/v1/auth/login",
+            json={"login": "user0@bench.example", "password": PASSWORD},
+            timeout=30,
+        )
+        login.raise_for_status()
+    finally:
+        server.stop()
+    now = {**data, "sessions": [{"access_token": login.json()["access_token"]}]}
+    measured = alternate(
+        {"1,000 users": small, "1M users": server}, now, args.seconds, args.connections
+    )
+    result: dict[str, Any] = {"seeded_seconds": round(seeded), "sides": measured}
+    for name in GROWTH_SCENARIOS:
+        small_rate = measured["1,000 users"][name]["median"]
+        grown_rate = measured["1M users"][name]["median"]
+        change = grown_rate / small_rate - 1
+        result[f"{name}_change"] = round(change, 3)
+        print(
+            f"{name}: median {small_rate:.1f}/s at 1,000 users, {grown_rate:.1f}/s at 1M "
+            f"({change:+.0%})"
+        )
+    return result
 
 
 def main() -> None:
@@ -510,7 +632,7 @@ def main() -> None:
         # Logins run below, next to their reference.
         rest = (only or set(SCENARIOS)) - {"password_login"}
         specs = build_specs(server, data)
-        report["scenarios"] = scenarios(specs, args.seconds, args.connections, rest)
+        report["scenarios"] = scenarios(server, specs, args.seconds, args.connections, rest)
         report["worker_rss_mb"] = [round(x, 1) for x in server.worker_memory_mb("Rss")]
         report["worker_pss_mb"] = [round(x, 1) for x in server.worker_memory_mb("Pss")]
         # The reference for logins: the same number of processes verifying our argon2id
@@ -520,7 +642,9 @@ def main() -> None:
         rates, logins = [], []
         for _ in range(2):
             if only is None or "password_login" in only:
-                logins.append(scenarios(specs, args.seconds, args.connections, {"password_login"}))
+                logins.append(
+                    scenarios(server, specs, args.seconds, args.connections, {"password_login"})
+                )
             rates.append(argon2_rate(workers, args.seconds, params))
             print(f"argon2id verify rate ({workers} processes): {rates[-1]:.1f}/s", flush=True)
         report["password_login_runs"] = [run["password_login"] for run in logins]
@@ -534,40 +658,7 @@ def main() -> None:
         print(f"worker RSS MB: {report['worker_rss_mb']}")
         print(f"worker PSS MB: {report['worker_pss_mb']}")
         if args.growth:
-            print(f"history before growing, {GROWTH_REPEATS} runs each:", flush=True)
-            history_before = median_rates(specs, args.seconds, args.connections, HISTORY_SCENARIOS)
-            print("growth: adding 1,000,000 users and 10,000,000 history rows ...", flush=True)
-            started = time.monotonic()
-            grow(db_url, users=1_000_000, rows=10_000_000)
-            print(f"seeded in {time.monotonic() - started:.0f}s")
-            report["growth"] = scenarios(
-                specs, args.seconds, args.connections, only={"password_login"}
-            )
-            # Its own reference, right after: logins compare as shares of the argon2id rate,
-            # which the machine's drift between the two measurements does not move.
-            growth_rate = argon2_rate(workers, args.seconds, params)
-            grown_login = report["growth"]["password_login"]["rps"]
-            report["growth"]["argon2_verify_per_s"] = round(growth_rate, 1)
-            report["growth"]["login_share_of_argon2_rate"] = round(grown_login / growth_rate, 3)
-            print(
-                f"argon2id verify rate ({workers} processes): {growth_rate:.1f}/s; "
-                f"logins {grown_login:.1f}/s = {grown_login / growth_rate:.0%} of it"
-            )
-            print(f"history after growing, {GROWTH_REPEATS} runs each:", flush=True)
-            history_after = median_rates(specs, args.seconds, args.connections, HISTORY_SCENARIOS)
-            report["growth"]["history"] = {}
-            for name in HISTORY_SCENARIOS:
-                before, after = history_before[name], history_after[name]
-                change = after["median"] / before["median"] - 1
-                report["growth"]["history"][name] = {
-                    "before": before,
-                    "after": after,
-                    "change": round(change, 3),
-                }
-                print(
-                    f"{name}: median {before['median']:.0f} -> {after['median']:.0f} req/s "
-                    f"({change:+.0%})"
-                )
+            report["growth"] = growth(server, env, data, args)
     finally:
         server.stop()
     out = RESULTS / "bench.json"
