@@ -27,8 +27,8 @@ class PasswordHasher:
 
         Without a stored hash (an unknown login) the password is hashed with our parameters
         and the result thrown away: the same argon2id work as verifying against a hash made
-        with them, so an unknown login takes as long as a wrong password. (It once verified a
-        dummy hash made at start-up, which cost every worker one hash before its first answer.)
+        with them, so an unknown login takes as long as a wrong password, and no hash has to be
+        made in advance (a dummy hash made at start-up delayed every worker's first answer).
         """
         if not stored_hash:
             self._argon2.hash(password)

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from oidc_server.rsgi import build_environ, run_wsgi
+from tests.support.server import ROOT
 from tests.support.waiting import free_port, wait_for
 
 
@@ -166,8 +167,6 @@ def test_a_failure_outside_the_apps_own_handling_is_a_json_500() -> None:
 
 
 # Under granian --------------------------------------------------------------------------------
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
