@@ -517,3 +517,96 @@ def test_sigterm_lets_a_request_in_flight_finish(tmp_path: Path, signing_key_fil
     finally:
         if server.process.poll() is None:
             stop(server)
+
+
+#: Allocates from 8 threads at once, then prints how many malloc arenas glibc has made.
+_COUNT_ARENAS = """
+import ctypes, re, sys, tempfile, threading
+from oidc_server.serve import limit_malloc_arenas
+if sys.argv[1] == "limit":
+    assert limit_malloc_arenas(2)
+together = threading.Barrier(8)
+def allocate():
+    together.wait()
+    kept = [bytearray(100_000) for _ in range(50)]  # below the mmap threshold: from an arena
+    together.wait()
+threads = [threading.Thread(target=allocate) for _ in range(8)]
+for thread in threads: thread.start()
+for thread in threads: thread.join()
+libc = ctypes.CDLL(None)
+libc.fopen.restype = ctypes.c_void_p
+with tempfile.NamedTemporaryFile() as report:
+    out = ctypes.c_void_p(libc.fopen(report.name.encode(), b"w"))
+    libc.malloc_info(0, out)
+    libc.fclose(out)
+    print(len(re.findall('<heap nr=', open(report.name).read())))
+"""
+
+
+def _arenas_made(mode: str) -> int:
+    env = {key: value for key, value in os.environ.items() if key != "MALLOC_ARENA_MAX"}
+    done = subprocess.run(
+        [sys.executable, "-c", _COUNT_ARENAS, mode],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return int(done.stdout)
+
+
+def test_malloc_arenas_are_capped_for_threads_started_afterwards() -> None:
+    assert _arenas_made("free") > 2  # glibc's own default: an arena per thread, here up to 9
+    assert _arenas_made("limit") == 2
+
+
+def test_an_operators_malloc_arena_max_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    from oidc_server.serve import limit_malloc_arenas
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert limit_malloc_arenas() is False
+
+
+def _thread_heaps(pid: int) -> int:
+    """glibc's heaps for arenas beyond the main one: 64 MiB-aligned anonymous mappings, a
+    read-write part followed by its reservation, 64 MiB in all (glibc's HEAP_MAX_SIZE)."""
+    heap = 64 * 1024 * 1024
+    maps = [line.split() for line in Path(f"/proc/{pid}/maps").read_text().splitlines()]
+    spans = [tuple(int(x, 16) for x in fields[0].split("-")) for fields in maps]
+    found = 0
+    for i, fields in enumerate(maps):
+        start, end = spans[i]
+        if start % heap or fields[1] != "rw-p" or len(fields) != 5:
+            continue
+        if i + 1 < len(maps) and spans[i + 1][0] == end and maps[i + 1][1] == "---p":
+            end = spans[i + 1][1]
+        found += end - start == heap
+    return found
+
+
+def _heaps_after_load(server: Server) -> list[int]:
+    def call() -> None:
+        for _ in range(20):
+            server.get("/health/live")
+
+    callers = [threading.Thread(target=call) for _ in range(16)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    return [_thread_heaps(pid) for pid in server.workers()]
+
+
+def test_workers_run_with_capped_malloc_arenas(tmp_path: Path, signing_key_file: Path) -> None:
+    capped = start_server(tmp_path / "capped", signing_key_file, WEB_THREADS="8")
+    try:
+        assert all(heaps <= 1 for heaps in _heaps_after_load(capped))
+    finally:
+        stop(capped)
+    # The same load with glibc's arenas left to the operator (8): the check above can fail.
+    free = start_server(tmp_path / "free", signing_key_file, WEB_THREADS="8", MALLOC_ARENA_MAX="8")
+    try:
+        assert all(heaps > 1 for heaps in _heaps_after_load(free))
+    finally:
+        stop(free)
