@@ -50,6 +50,9 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     database_url: str = ""
+    # A read replica of DATABASE_URL for reads that tolerate replication lag and feed no
+    # cache (login-history pages); unset, they go to DATABASE_URL. docs/scaling.md.
+    database_replica_url: str = ""
     redis_url: str = ""
     oidc_issuer: str = "http://127.0.0.1:8000"
     oidc_keys_dir: str = str(PROJECT_ROOT / "keys")
@@ -163,6 +166,8 @@ class Settings:
             )
         if not self.database_url or self.database_url.startswith("sqlite"):
             raise ConfigError("APP_ENV=production needs DATABASE_URL pointing at PostgreSQL")
+        if self.database_replica_url.startswith("sqlite"):
+            raise ConfigError("DATABASE_REPLICA_URL must point at a PostgreSQL replica")
 
     def with_secret_key(self) -> Settings:
         """Fill in a development secret key, generated once and kept in the instance folder."""

@@ -19,6 +19,17 @@ def db_session() -> Session:
     return g.db_session
 
 
+def replica_session() -> Session:
+    """A session on the read replica, for reads that tolerate its lag and feed no cache; the
+    request's own ``db_session`` when no replica is configured (read-your-writes then)."""
+    svc = services()
+    if svc.replica is svc.db:
+        return db_session()
+    if "replica_session" not in g:
+        g.replica_session = svc.replica.sessions()
+    return g.replica_session
+
+
 def _printable(value: str, limit: int) -> str:
     """Header text safe to store: no NULs or lone surrogates (PostgreSQL refuses both)."""
     cleaned = value[:limit].replace("\x00", "")
@@ -36,7 +47,8 @@ def user_agent() -> str:
 def init_app(app: Flask) -> None:
     @app.teardown_appcontext
     def _close_db_session(_exc: BaseException | None) -> None:
-        session = g.pop("db_session", None)
-        if session is not None:
-            session.rollback()
-            session.close()
+        for name in ("db_session", "replica_session"):
+            session = g.pop(name, None)
+            if session is not None:
+                session.rollback()
+                session.close()

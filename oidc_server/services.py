@@ -23,6 +23,9 @@ from .tokens.store import TokenStore
 class Services:
     settings: Settings
     db: Database
+    #: Where lag-tolerant reads go (``context.replica_session``): a replica of ``db`` when
+    #: ``DATABASE_REPLICA_URL`` is set, else ``db`` itself.
+    replica: Database
     store: TokenStore
     keyring: KeyRing
     tokens: TokenService
@@ -53,10 +56,12 @@ class Services:
         )
         redis_client = store.redis if isinstance(store, RedisTokenStore) else None
         db = Database(settings.resolved_database_url)
+        replica = Database(settings.database_replica_url) if settings.database_replica_url else db
         role_cache = role_cache_for(redis_client, settings.roles_cache_ttl)
         return cls(
             settings=settings,
             db=db,
+            replica=replica,
             store=store,
             keyring=keyring,
             tokens=TokenService(store, codec, settings.refresh_token_ttl),

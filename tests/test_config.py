@@ -72,6 +72,7 @@ def test_production_with_real_secrets_starts(tmp_path: Path) -> None:
         {"REDIS_URL": ""},
         {"DATABASE_URL": ""},
         {"DATABASE_URL": "sqlite:///x.db"},
+        {"DATABASE_REPLICA_URL": "sqlite:///replica.db"},
     ],
 )
 def test_production_refuses_dev_only_settings(override: dict[str, str], tmp_path: Path) -> None:

@@ -1,0 +1,152 @@
+"""DATABASE_REPLICA_URL: login-history pages are read from the replica, writes stay on the primary.
+
+The "replica" here is a second migrated database that nothing replicates into: a row only it
+holds shows where a page was read from. Replication itself is PostgreSQL's to do.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from flask import Flask
+from sqlalchemy import create_engine, insert, make_url, select, text
+
+from oidc_server.app import create_app
+from oidc_server.config import Settings
+from oidc_server.db import Database, upgrade
+from oidc_server.models import Base, LoginHistory, User
+from oidc_server.tokens.store import TokenStore
+
+from ..conftest import TEST_DATABASE_URL, bearer
+from ..support.accounts import signed_in
+
+HISTORY = "/api/v1/users/me/login-history"
+
+
+@pytest.fixture(scope="session")
+def replica_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A second migrated database beside the test database: PostgreSQL in CI, else SQLite."""
+    if not TEST_DATABASE_URL:
+        url = f"sqlite:///{tmp_path_factory.mktemp('replica') / 'replica.db'}"
+    else:
+        primary = make_url(TEST_DATABASE_URL)
+        name = f"{primary.database}_replica"
+        admin = create_engine(primary.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        admin.dispose()
+        url = primary.set(database=name).render_as_string(hide_password=False)
+    upgrade(url)
+    return url
+
+
+@pytest.fixture
+def replicated_app(
+    app: Flask, user: User, settings: Settings, replica_url: str, token_store: TokenStore
+) -> Iterator[Flask]:
+    """The app of conftest's ``app`` fixture (which readied the primary and its ``user``), with
+    a replica set, emptied."""
+    replica = Database(replica_url)
+    with replica.session() as session:
+        for table in reversed(Base.metadata.sorted_tables):
+            session.execute(table.delete())
+    replica.dispose()
+    app = create_app(replace(settings, database_replica_url=replica_url), store=token_store)
+    yield app
+    app.extensions["oidc"].db.dispose()
+    app.extensions["oidc"].replica.dispose()
+
+
+def copy_user_with_history(services: Any, user_id: uuid.UUID, user_agent: str) -> None:
+    """What replication would bring: the user's row, and one history entry of the replica's."""
+    with services.db.session() as primary:
+        user = primary.execute(select(User.__table__).where(User.id == user_id)).one()
+    with services.replica.session() as replica:
+        replica.execute(insert(User.__table__), [user._asdict()])
+        replica.execute(
+            insert(LoginHistory),
+            [
+                {
+                    "id": uuid.uuid4(),
+                    "user_id": user_id,
+                    "logged_in_at": datetime(2026, 1, 1, tzinfo=UTC),
+                    "method": "password",
+                    "success": True,
+                    "user_agent": user_agent,
+                    "ip": "127.0.0.1",
+                    "device": "Other on Other (other)",
+                }
+            ],
+        )
+
+
+def test_history_pages_are_read_from_the_replica(replicated_app: Flask, user: User) -> None:
+    client = replicated_app.test_client()
+    services = replicated_app.extensions["oidc"]
+    token, user_id = signed_in(client)["access_token"], user.id
+    # The sign-in was written to the primary only.
+    with services.db.session() as primary:
+        on_primary = primary.scalars(
+            select(LoginHistory.user_agent).where(LoginHistory.user_id == user_id)
+        ).all()
+    assert on_primary
+    assert client.get(HISTORY, headers=bearer(token)).json["items"] == []
+    copy_user_with_history(services, user_id, "seen-on-the-replica")
+    items = client.get(HISTORY, headers=bearer(token)).json["items"]
+    assert [item["user_agent"] for item in items] == ["seen-on-the-replica"]
+
+
+def test_without_a_replica_history_is_read_from_the_primary(
+    client: Any, services: Any, user: User
+) -> None:
+    assert services.replica is services.db
+    token = signed_in(client)["access_token"]
+    assert len(client.get(HISTORY, headers=bearer(token)).json["items"]) == 1
+
+
+def test_writes_and_other_reads_stay_on_the_primary(replicated_app: Flask, user: User) -> None:
+    client = replicated_app.test_client()
+    token, user_id = signed_in(client)["access_token"], user.id
+    # Registration and sign-in wrote nothing to the replica, and /users/me (its answer feeds
+    # the account cache) came from the primary although the replica does not know the user.
+    with replicated_app.extensions["oidc"].replica.session() as replica:
+        assert replica.scalar(select(User.id).where(User.id == user_id)) is None
+    me = client.get("/api/v1/users/me", headers=bearer(token))
+    assert me.status_code == 200 and me.json["id"] == str(user_id)
+
+
+def test_a_replica_that_does_not_answer_fails_history_and_readiness_only(
+    app: Flask, user: User, settings: Settings, token_store: TokenStore
+) -> None:
+    from ..support.waiting import free_port
+
+    dead = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/none?connect_timeout=2"
+    app = create_app(replace(settings, database_replica_url=dead), store=token_store)
+    client = app.test_client()
+    try:
+        ready = client.get("/health/ready")
+        assert ready.status_code == 503
+        assert ready.json["checks"] == {
+            "database": True,
+            "token_store": True,
+            "database_replica": False,
+        }
+        token = signed_in(client)["access_token"]
+        pages = client.get(HISTORY, headers=bearer(token))
+        assert pages.status_code == 503 and pages.json["error"] == "temporarily_unavailable"
+        assert client.get("/api/v1/users/me", headers=bearer(token)).status_code == 200
+    finally:
+        app.extensions["oidc"].db.dispose()
+        app.extensions["oidc"].replica.dispose()
+
+
+def test_readiness_checks_an_answering_replica(replicated_app: Flask) -> None:
+    ready = replicated_app.test_client().get("/health/ready")
+    assert ready.status_code == 200
+    assert ready.json["checks"]["database_replica"] is True
