@@ -10,6 +10,7 @@ from werkzeug.exceptions import HTTPException
 
 from . import account_erase, auth, consents, roles, social, users
 from .common import ApiError, ErrorSchema
+from .schemas import register_error_responses
 
 
 class Api(_Api):
@@ -53,6 +54,7 @@ def init_app(app: Flask) -> None:
     api.spec.components.security_scheme(
         "bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
     )
+    register_error_responses(api.spec)
     for module in (auth, users, consents, account_erase, roles, social):
         api.register_blueprint(module.blp)
     app.extensions["api"] = api

@@ -165,3 +165,12 @@ def test_swagger_ui_is_served_at_docs(client: FlaskClient) -> None:
     assert response.mimetype == "text/html"
     page = response.get_data(as_text=True)
     assert "swagger-ui" in page and "openapi.json" in page
+
+
+def test_an_error_status_without_a_documented_response_is_refused_at_import() -> None:
+    from flask_smorest import Blueprint
+
+    from oidc_server.api.schemas import error_responses
+
+    with pytest.raises(ValueError, match="418"):
+        error_responses(Blueprint("teapot", __name__), 401, 418)

@@ -53,7 +53,10 @@ def test_operation_is_documented(spec, path, method):
     responses = operation["responses"]
     assert success in responses
     for status in errors:
-        schema = responses[status]["content"]["application/json"]["schema"]
+        response = responses[status]
+        if "$ref" in response:  # a shared response component
+            response = resolve(spec, response["$ref"])
+        schema = response["content"]["application/json"]["schema"]
         properties = resolve(spec, schema["$ref"])["properties"]
         assert {"error", "message", "details"} <= set(properties), status
     assert (operation.get("security") == [{"bearerAuth": []}]) is needs_bearer
