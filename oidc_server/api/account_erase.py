@@ -9,7 +9,7 @@ import contextlib
 import time
 from typing import Any, NoReturn
 
-from marshmallow import Schema, validate
+from marshmallow import validate
 
 from .. import accounts, lifecycle
 from ..context import db_session, services
@@ -17,7 +17,7 @@ from ..credentials import TooManyAttempts
 from ..passwords_policy import MAX_LENGTH as PASSWORD_MAX_LENGTH
 from ..ratelimit import change_password_per_ip, login_backoff
 from ..tokens.store import StoreUnavailable
-from .common import BEARER, abort, current_token, user_token_required
+from .common import BEARER, ApiSchema, abort, current_token, user_token_required
 from .schemas import Text, api_blueprint, error_responses
 
 blp = api_blueprint("account_erase", __name__, "Erasing one's own account and all its data.")
@@ -25,7 +25,7 @@ blp = api_blueprint("account_erase", __name__, "Erasing one's own account and al
 _INVALID_TOKEN = {"WWW-Authenticate": 'Bearer realm="oidc-server", error="invalid_token"'}
 
 
-class EraseAccountSchema(Schema):
+class EraseAccountSchema(ApiSchema):
     """The proof that the caller is the account's owner."""
 
     password = Text(

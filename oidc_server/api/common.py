@@ -23,7 +23,20 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class ErrorSchema(Schema):
+class ApiSchema(Schema):
+    """The base of every /api/v1 schema: an instance is shared, never deep-copied.
+
+    flask-smorest deep-copies an operation's accumulated doc, schema instances included, at
+    each of its decorators; those copies were kept for good by every process (about 1 MB).
+    Nothing changes a schema instance once built (marshmallow copies fields per instance, and
+    copies a nested schema before binding it), so the copies can be the instance itself.
+    """
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ApiSchema:
+        return self
+
+
+class ErrorSchema(ApiSchema):
     """The one error body of /api/v1."""
 
     error = fields.String(required=True, metadata={"example": "invalid_token"})

@@ -5,11 +5,11 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from marshmallow import Schema, fields
+from marshmallow import fields
 
 from .. import consent
 from ..context import db_session
-from .common import BEARER, abort, current_token, user_token_required
+from .common import BEARER, ApiSchema, abort, current_token, user_token_required
 from .schemas import UtcDateTime, api_blueprint, error_responses
 
 blp = api_blueprint(
@@ -19,7 +19,7 @@ blp = api_blueprint(
 )
 
 
-class ConsentSchema(Schema):
+class ConsentSchema(ApiSchema):
     client_id = fields.String(required=True)
     scopes = fields.List(fields.String(), required=True)
     granted_at = UtcDateTime(required=True)

@@ -11,13 +11,14 @@ from typing import Any, NoReturn
 
 from flask import current_app
 from flask.views import MethodView
-from marshmallow import Schema, fields, validate
+from marshmallow import fields, validate
 
 from .. import roles as domain
 from ..context import db_session, services
 from ..ratelimit import limiter
 from .common import (
     BEARER,
+    ApiSchema,
     ErrorSchema,
     abort,
     acquire_token,
@@ -32,7 +33,7 @@ READ = "roles:read"
 WRITE = "roles:write"
 
 
-class RoleSchema(Schema):
+class RoleSchema(ApiSchema):
     """A role."""
 
     id = fields.UUID(dump_only=True)
@@ -54,7 +55,7 @@ class RoleSchema(Schema):
     created_at = UtcDateTime(dump_only=True)
 
 
-class RoleUpdateSchema(Schema):
+class RoleUpdateSchema(ApiSchema):
     """The fields of a role to change; those left out stay as they are."""
 
     name = Text(
@@ -68,7 +69,7 @@ class RoleUpdateSchema(Schema):
     )
 
 
-class AssignmentSchema(Schema):
+class AssignmentSchema(ApiSchema):
     """A user's holding of a role."""
 
     user_id = fields.UUID(required=True)

@@ -15,13 +15,13 @@ from typing import Any, TypeVar
 import flask
 from apispec import APISpec
 from flask_smorest import Blueprint
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import ValidationError, fields, validate, validates_schema
 from webargs.flaskparser import FlaskParser
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..history_pages import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from ..passwords_policy import MAX_LENGTH as PASSWORD_MAX_LENGTH
-from .common import ErrorSchema
+from .common import ApiSchema, ErrorSchema
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -95,7 +95,7 @@ def api_blueprint(name: str, import_name: str, description: str) -> Blueprint:
 # Requests --------------------------------------------------------------------------------
 
 
-class RegisterSchema(Schema):
+class RegisterSchema(ApiSchema):
     login = Text(
         required=True,
         validate=validate.Length(min=1, max=LOGIN_MAX_LENGTH),
@@ -104,7 +104,7 @@ class RegisterSchema(Schema):
     password = _password("8 to 1024 characters, not a common password, not the login")
 
 
-class LoginSchema(Schema):
+class LoginSchema(ApiSchema):
     login = Text(
         required=True,
         validate=validate.Length(min=1, max=LOGIN_MAX_LENGTH),
@@ -113,7 +113,7 @@ class LoginSchema(Schema):
     password = _password()
 
 
-class RefreshSchema(Schema):
+class RefreshSchema(ApiSchema):
     refresh_token = Text(required=True, validate=validate.Length(min=1, max=256))
     grant_type = fields.String(
         load_default="refresh_token",
@@ -122,7 +122,7 @@ class RefreshSchema(Schema):
     )
 
 
-class ChangePasswordSchema(Schema):
+class ChangePasswordSchema(ApiSchema):
     old_password = _password()
     new_password1 = _password("8 to 1024 characters, not a common password, not the login")
     new_password2 = _password("new_password1 again")
@@ -133,7 +133,7 @@ class ChangePasswordSchema(Schema):
             raise ValidationError("The new passwords do not match.", "new_password2")
 
 
-class HistoryQuerySchema(Schema):
+class HistoryQuerySchema(ApiSchema):
     limit = fields.Integer(
         load_default=DEFAULT_PAGE_SIZE,
         validate=validate.Range(min=1, max=MAX_PAGE_SIZE),
@@ -148,7 +148,7 @@ class HistoryQuerySchema(Schema):
 # Responses -------------------------------------------------------------------------------
 
 
-class TokenSchema(Schema):
+class TokenSchema(ApiSchema):
     """RFC 6749 §5.1 successful token response."""
 
     access_token = fields.String(required=True)
@@ -158,12 +158,12 @@ class TokenSchema(Schema):
     scope = fields.String()
 
 
-class RegisteredSchema(Schema):
+class RegisteredSchema(ApiSchema):
     id = fields.UUID(required=True)
     login = fields.String(required=True, metadata={"description": "the normalised email"})
 
 
-class MeSchema(Schema):
+class MeSchema(ApiSchema):
     id = fields.UUID(required=True)
     login = fields.String(required=True)
     roles = fields.List(fields.String(), required=True)
@@ -171,7 +171,7 @@ class MeSchema(Schema):
     created_at = fields.DateTime(required=True)
 
 
-class HistoryEntrySchema(Schema):
+class HistoryEntrySchema(ApiSchema):
     id = fields.UUID(required=True)
     user_id = fields.UUID(required=True)
     logged_in_at = fields.DateTime(required=True)
@@ -182,7 +182,7 @@ class HistoryEntrySchema(Schema):
     device = fields.String(allow_none=True, metadata={"example": "Chrome 120.0 on Windows 10 (PC)"})
 
 
-class HistoryPageSchema(Schema):
+class HistoryPageSchema(ApiSchema):
     items = fields.List(fields.Nested(HistoryEntrySchema), required=True)
     next_cursor = fields.String(
         allow_none=True,
@@ -191,7 +191,7 @@ class HistoryPageSchema(Schema):
     )
 
 
-class SessionSchema(Schema):
+class SessionSchema(ApiSchema):
     id = fields.String(required=True)
     created_at = fields.DateTime(required=True)
     last_used_at = fields.DateTime(required=True)

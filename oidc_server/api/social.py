@@ -7,7 +7,7 @@ from typing import Any, NoReturn
 
 from flask import Response, redirect
 from flask.views import MethodView
-from marshmallow import EXCLUDE, Schema, fields, validate
+from marshmallow import EXCLUDE, fields, validate
 
 from .. import accounts
 from ..context import client_ip, db_session, services, user_agent
@@ -15,7 +15,7 @@ from ..models import User
 from ..social import SocialError, flows
 from ..social import accounts as social_accounts
 from ..social.claims import SocialIdentity
-from .common import BEARER, abort, current_token, user_token_required
+from .common import BEARER, ApiSchema, abort, current_token, user_token_required
 from .schemas import UtcDateTime, api_blueprint, error_responses
 
 blp = api_blueprint("social", __name__, "Sign in with Google or Yandex; linked social accounts.")
@@ -42,7 +42,7 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 PROVIDER_PARAM = {"description": "`google` or `yandex`; unknown or not configured: 404"}
 
 
-class SocialTokenResponseSchema(Schema):
+class SocialTokenResponseSchema(ApiSchema):
     """RFC 6749 §5.1 token response of a social sign-in."""
 
     access_token = fields.String(required=True)
@@ -52,7 +52,7 @@ class SocialTokenResponseSchema(Schema):
     scope = fields.String(metadata={"example": "openid profile email"})
 
 
-class SocialCallbackQuerySchema(Schema):
+class SocialCallbackQuerySchema(ApiSchema):
     """What the provider appends to our callback URI (RFC 6749 §4.1.2)."""
 
     class Meta:
@@ -64,7 +64,7 @@ class SocialCallbackQuerySchema(Schema):
     error_description = fields.String(validate=validate.Length(max=2048))
 
 
-class SocialCodeSchema(Schema):
+class SocialCodeSchema(ApiSchema):
     """An authorization code an app obtained from the provider itself."""
 
     code = fields.String(required=True, validate=validate.Length(min=1, max=4096))
@@ -83,7 +83,7 @@ class SocialCodeSchema(Schema):
     )
 
 
-class SocialAccountSchema(Schema):
+class SocialAccountSchema(ApiSchema):
     id = fields.UUID(required=True)
     provider = fields.String(required=True, metadata={"example": "google"})
     subject = fields.String(required=True, metadata={"description": "the provider's stable id"})

@@ -174,3 +174,28 @@ def test_an_error_status_without_a_documented_response_is_refused_at_import() ->
 
     with pytest.raises(ValueError, match="418"):
         error_responses(Blueprint("teapot", __name__), 401, 418)
+
+
+def test_every_api_schema_is_shared_rather_than_deep_copied() -> None:
+    # flask-smorest deep-copies schema instances into every operation's doc otherwise.
+    import copy
+    import inspect
+
+    from marshmallow import Schema
+
+    import oidc_server.api as api_package
+    from oidc_server.api import account_erase, auth, common, consents, roles, schemas, social, users
+    from oidc_server.api.common import ApiSchema
+
+    modules = [api_package, account_erase, auth, common, consents, roles, schemas, social, users]
+    defined = {
+        cls
+        for module in modules
+        for cls in vars(module).values()
+        if inspect.isclass(cls) and issubclass(cls, Schema) and cls.__module__ == module.__name__
+    }
+    assert ApiSchema in defined and len(defined) > 10
+    for cls in defined:
+        assert issubclass(cls, ApiSchema), cls
+        instance = cls()
+        assert copy.deepcopy(instance) is instance
