@@ -24,6 +24,7 @@ from oidc_server.tokens.store import TokenStore
 
 from ..conftest import TEST_DATABASE_URL, bearer
 from ..support.accounts import signed_in
+from ..support.waiting import free_port
 
 HISTORY = "/api/v1/users/me/login-history"
 
@@ -57,10 +58,10 @@ def replicated_app(
         for table in reversed(Base.metadata.sorted_tables):
             session.execute(table.delete())
     replica.dispose()
-    app = create_app(replace(settings, database_replica_url=replica_url), store=token_store)
-    yield app
-    app.extensions["oidc"].db.dispose()
-    app.extensions["oidc"].replica.dispose()
+    replicated = create_app(replace(settings, database_replica_url=replica_url), store=token_store)
+    yield replicated
+    replicated.extensions["oidc"].db.dispose()
+    replicated.extensions["oidc"].replica.dispose()
 
 
 def copy_user_with_history(services: Any, user_id: uuid.UUID, user_agent: str) -> None:
@@ -124,11 +125,11 @@ def test_writes_and_other_reads_stay_on_the_primary(replicated_app: Flask, user:
 def test_a_replica_that_does_not_answer_fails_history_and_readiness_only(
     app: Flask, user: User, settings: Settings, token_store: TokenStore
 ) -> None:
-    from ..support.waiting import free_port
+    # ``app`` readies the primary (roles, the first-party client) that this app shares.
 
     dead = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/none?connect_timeout=2"
-    app = create_app(replace(settings, database_replica_url=dead), store=token_store)
-    client = app.test_client()
+    broken = create_app(replace(settings, database_replica_url=dead), store=token_store)
+    client = broken.test_client()
     try:
         ready = client.get("/health/ready")
         assert ready.status_code == 503
@@ -142,8 +143,8 @@ def test_a_replica_that_does_not_answer_fails_history_and_readiness_only(
         assert pages.status_code == 503 and pages.json["error"] == "temporarily_unavailable"
         assert client.get("/api/v1/users/me", headers=bearer(token)).status_code == 200
     finally:
-        app.extensions["oidc"].db.dispose()
-        app.extensions["oidc"].replica.dispose()
+        broken.extensions["oidc"].db.dispose()
+        broken.extensions["oidc"].replica.dispose()
 
 
 def test_readiness_checks_an_answering_replica(replicated_app: Flask) -> None:
