@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
 from flask import Flask, current_app, g, request
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from .services import Services
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def services() -> Services:
@@ -19,15 +27,27 @@ def db_session() -> Session:
     return g.db_session
 
 
-def replica_session() -> Session:
-    """A session on the read replica, for reads that tolerate its lag and feed no cache; the
-    request's own ``db_session`` when no replica is configured (read-your-writes then)."""
+def read_from_replica(read: Callable[[Session], T]) -> T:
+    """``read`` on the read replica, for reads that tolerate its lag and feed no cache.
+
+    Without a replica, ``read`` gets the request's own ``db_session`` (read-your-writes). If the
+    replica cannot answer (down, unreachable, its connections dropped), the read is made on the
+    primary instead and a warning logged: a replica's outage costs the primary some load, not
+    the endpoints that use it.
+    """
     svc = services()
     if svc.replica is svc.db:
-        return db_session()
+        return read(db_session())
     if "replica_session" not in g:
         g.replica_session = svc.replica.sessions()
-    return g.replica_session
+    try:
+        return read(g.replica_session)
+    except DBAPIError as exc:
+        if not (exc.connection_invalidated or isinstance(exc, OperationalError)):
+            raise  # a bug in the query, not the replica's state: the primary would fail alike
+        log.warning("read replica unavailable; read from the primary instead")
+        g.pop("replica_session").close()
+        return read(db_session())
 
 
 def _printable(value: str, limit: int) -> str:

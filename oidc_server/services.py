@@ -23,7 +23,7 @@ from .tokens.store import TokenStore
 class Services:
     settings: Settings
     db: Database
-    #: Where lag-tolerant reads go (``context.replica_session``): a replica of ``db`` when
+    #: Where lag-tolerant reads go (``context.read_from_replica``): a replica of ``db`` when
     #: ``DATABASE_REPLICA_URL`` is set, else ``db`` itself.
     replica: Database
     store: TokenStore

@@ -7,7 +7,7 @@ from typing import Any
 
 from .. import accounts, credentials, history_pages
 from .. import sessions as session_control
-from ..context import db_session, replica_session, services
+from ..context import db_session, read_from_replica, services
 from ..history_pages import as_utc
 from ..models import User
 from ..passwords_policy import PasswordRejected
@@ -115,7 +115,10 @@ def login_history(limit: int, cursor: str | None = None) -> history_pages.Histor
     """The caller's sign-in attempts, newest first, a page at a time (keyset pagination)."""
     user_id = uuid.UUID(current_token()["sub"])
     try:
-        return history_pages.history_page(replica_session(), user_id, limit=limit, cursor=cursor)
+        # Append-only rows, read by no cache: a replica a second behind serves them well.
+        return read_from_replica(
+            lambda session: history_pages.history_page(session, user_id, limit, cursor)
+        )
     except history_pages.InvalidCursor as exc:
         abort(422, "invalid_cursor", str(exc), details={"cursor": [str(exc)]})
 

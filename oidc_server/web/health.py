@@ -18,12 +18,17 @@ def live() -> Response:
 
 @bp.get("/ready")
 def ready() -> tuple[Response, int]:
-    """Ready when the database, its replica if one is set, and the token store answer."""
+    """Ready when the database and the token store both answer.
+
+    A read replica, when one is set, is checked and reported but does not decide: its reads
+    fall back to the primary (``context.read_from_replica``), so taking every instance out of
+    the load balancer over it would turn a slower history page into an outage.
+    """
     svc = services()
     checks = {"database": _database_ok(svc.db), "token_store": svc.store.ping()}
+    ok = all(checks.values())
     if svc.replica is not svc.db:
         checks["database_replica"] = _database_ok(svc.replica)
-    ok = all(checks.values())
     return jsonify(status="ok" if ok else "unavailable", checks=checks), 200 if ok else 503
 
 
