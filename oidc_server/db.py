@@ -16,8 +16,11 @@ if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
 
 
-def make_engine(url: str) -> Engine:
-    """Create an engine; SQLite gets its folder created and foreign keys switched on."""
+def make_engine(url: str, connect_timeout: int | None = None) -> Engine:
+    """Create an engine; SQLite gets its folder created and foreign keys switched on.
+
+    ``connect_timeout`` (seconds, PostgreSQL) applies unless the URL sets its own.
+    """
     # hide_parameters: a failed INSERT must not put emails or hashes into error logs.
     kwargs: dict[str, Any] = {"pool_pre_ping": True, "hide_parameters": True}
     if url.startswith("sqlite"):
@@ -27,6 +30,8 @@ def make_engine(url: str) -> Engine:
         kwargs = {"connect_args": {"check_same_thread": False}, "hide_parameters": True}
     else:
         kwargs.update(pool_size=10, max_overflow=20)
+        if connect_timeout is not None and "connect_timeout" not in make_url(url).query:
+            kwargs["connect_args"] = {"connect_timeout": connect_timeout}
     engine = create_engine(url, **kwargs)
     if url.startswith("sqlite"):
 
@@ -53,9 +58,9 @@ def import_driver(url: str) -> None:
 class Database:
     """An engine and its session factory."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, connect_timeout: int | None = None) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, connect_timeout)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager

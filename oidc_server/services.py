@@ -18,6 +18,9 @@ from .tokens.redis_store import RedisTokenStore
 from .tokens.service import TokenService
 from .tokens.store import TokenStore
 
+#: Seconds to connect to the read replica, unless ``DATABASE_REPLICA_URL`` sets its own.
+REPLICA_CONNECT_TIMEOUT = 2
+
 
 @dataclass
 class Services:
@@ -56,7 +59,13 @@ class Services:
         )
         redis_client = store.redis if isinstance(store, RedisTokenStore) else None
         db = Database(settings.resolved_database_url)
-        replica = Database(settings.database_replica_url) if settings.database_replica_url else db
+        replica = (
+            # Bounded: each read tries the replica before falling back to the primary, and a
+            # replica that does not answer would hold every history page for the OS's TCP timeout.
+            Database(settings.database_replica_url, connect_timeout=REPLICA_CONNECT_TIMEOUT)
+            if settings.database_replica_url
+            else db
+        )
         role_cache = role_cache_for(redis_client, settings.roles_cache_ttl)
         return cls(
             settings=settings,

@@ -6,6 +6,8 @@ holds shows where a page was read from. Replication itself is PostgreSQL's to do
 
 from __future__ import annotations
 
+import socket
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -146,6 +148,35 @@ def test_a_replica_that_does_not_answer_is_read_around_and_reported(
     finally:
         broken.extensions["oidc"].db.dispose()
         broken.extensions["oidc"].replica.dispose()
+
+
+def test_a_replica_that_accepts_and_never_answers_is_given_up_on(
+    app: Flask, user: User, settings: Settings, token_store: TokenStore
+) -> None:
+    # Connections are accepted (the listen backlog) and then nothing is ever said: without the
+    # replica's connect timeout, a history page would wait on it for good.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        replica = f"postgresql+psycopg://postgres@127.0.0.1:{port}/none"
+        stuck = create_app(replace(settings, database_replica_url=replica), store=token_store)
+        client = stuck.test_client()
+        try:
+            token = signed_in(client)["access_token"]
+            answers: list[Any] = []
+            reader = threading.Thread(
+                target=lambda: answers.append(client.get(HISTORY, headers=bearer(token))),
+                daemon=True,  # a failing run must not wait on it at exit
+            )
+            reader.start()
+            reader.join(60)  # a bound on a hang, far above REPLICA_CONNECT_TIMEOUT
+            assert answers, "the history page waited on the silent replica"
+            assert answers[0].status_code == 200
+            assert [item["user_agent"] for item in answers[0].json["items"]] == ["pytest"]
+        finally:
+            stuck.extensions["oidc"].db.dispose()
+            stuck.extensions["oidc"].replica.dispose()
 
 
 def test_a_query_the_replica_refuses_is_not_retried_on_the_primary(
