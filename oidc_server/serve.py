@@ -63,9 +63,10 @@ HEARTBEAT_INTERVAL = 1.0
 _HEARTBEATS_ENV = "OIDC_SERVE_HEARTBEATS_DIR"
 #: glibc malloc arenas per process. glibc gives every thread that allocates an arena of its
 #: own, up to 8 per core, and each arena keeps memory freed in it for its next allocations; a
-#: worker runs ``WEB_THREADS`` request threads beside granian's. With two, workers ended
-#: ``make bench`` about 3 MB smaller (docs/scaling.md), at no cost in throughput that the
-#: benchmark could see: the threads take turns on the GIL anyway.
+#: worker runs ``WEB_THREADS`` request threads beside granian's. With two, workers ended the
+#: benchmark's scenarios (``scripts/bench.py --seconds 4``) about 3 MB smaller
+#: (docs/scaling.md), at no cost in throughput that it could see: the threads take turns on
+#: the GIL anyway.
 MALLOC_ARENAS = 2
 _M_ARENA_MAX = -8  # glibc's <malloc.h>
 
