@@ -33,10 +33,10 @@ def read_from_replica(read: Callable[[Session], T]) -> T:
     Without a replica, ``read`` gets the request's own ``db_session`` (read-your-writes). If the
     replica cannot answer (down, unreachable, its connections dropped), the read is made on the
     primary instead and a warning logged: a replica's outage costs the primary some load, not
-    the endpoints that use it.
+    the endpoints that use it. The replica is then left alone for a while (``replica_rest``).
     """
     svc = services()
-    if svc.replica is svc.db:
+    if svc.replica is svc.db or not svc.replica_rest.allows():
         return read(db_session())
     if "replica_session" not in g:
         g.replica_session = svc.replica.sessions()
@@ -45,7 +45,8 @@ def read_from_replica(read: Callable[[Session], T]) -> T:
     except DBAPIError as exc:
         if not (exc.connection_invalidated or isinstance(exc, OperationalError)):
             raise  # a bug in the query, not the replica's state: the primary would fail alike
-        log.warning("read replica unavailable; read from the primary instead")
+        log.warning("read replica unavailable; reading from the primary for a while")
+        svc.replica_rest.failed()
         g.pop("replica_session").close()
         return read(db_session())
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -71,6 +72,23 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+class ReplicaRest:
+    """Whether this worker may try its read replica now: after a failure it is left alone for
+    ``seconds``, its reads going straight to the primary, so that a replica that is down costs
+    one failed attempt per period instead of one (up to a connect timeout long) per request."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = seconds
+        self._clock = clock
+        self._until = 0.0
+
+    def allows(self) -> bool:
+        return self._clock() >= self._until
+
+    def failed(self) -> None:
+        self._until = self._clock() + self.seconds
 
 
 # Alembic is imported only where migrations run: it adds about 11 MB to every worker otherwise.

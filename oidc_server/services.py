@@ -8,7 +8,7 @@ import redis
 
 from .clients import ClientCache
 from .config import Settings
-from .db import Database
+from .db import Database, ReplicaRest
 from .keys import KeyRing
 from .roles import RoleCache, RoleChecker, role_cache_for
 from .security import PasswordHasher
@@ -20,6 +20,8 @@ from .tokens.store import TokenStore
 
 #: Seconds to connect to the read replica, unless ``DATABASE_REPLICA_URL`` sets its own.
 REPLICA_CONNECT_TIMEOUT = 2
+#: Seconds a worker leaves its read replica alone after the replica failed it.
+REPLICA_REST_SECONDS = 10.0
 
 
 @dataclass
@@ -29,6 +31,8 @@ class Services:
     #: Where lag-tolerant reads go (``context.read_from_replica``): a replica of ``db`` when
     #: ``DATABASE_REPLICA_URL`` is set, else ``db`` itself.
     replica: Database
+    #: When this worker tries ``replica`` again after it failed (reads and readiness alike).
+    replica_rest: ReplicaRest
     store: TokenStore
     keyring: KeyRing
     tokens: TokenService
@@ -71,6 +75,7 @@ class Services:
             settings=settings,
             db=db,
             replica=replica,
+            replica_rest=ReplicaRest(REPLICA_REST_SECONDS),
             store=store,
             keyring=keyring,
             tokens=TokenService(store, codec, settings.refresh_token_ttl),

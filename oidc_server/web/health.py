@@ -22,13 +22,20 @@ def ready() -> tuple[Response, int]:
 
     A read replica, when one is set, is checked and reported but does not decide: its reads
     fall back to the primary (``context.read_from_replica``), so taking every instance out of
-    the load balancer over it would turn a slower history page into an outage.
+    the load balancer over it would turn a slower history page into an outage. While the
+    replica rests after a failure it is reported down without being tried, and a failed check
+    starts such a rest, as a failed read does.
     """
     svc = services()
     checks = {"database": _database_ok(svc.db), "token_store": svc.store.ping()}
     ok = all(checks.values())
     if svc.replica is not svc.db:
-        checks["database_replica"] = _database_ok(svc.replica)
+        replica_ok = False
+        if svc.replica_rest.allows():
+            replica_ok = _database_ok(svc.replica)
+            if not replica_ok:
+                svc.replica_rest.failed()
+        checks["database_replica"] = replica_ok
     return jsonify(status="ok" if ok else "unavailable", checks=checks), 200 if ok else 503
 
 

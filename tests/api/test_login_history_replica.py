@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import create_engine, insert, make_url, select, text
+from sqlalchemy import create_engine, event, insert, make_url, select, text
 
 from oidc_server.app import create_app
 from oidc_server.config import Settings
-from oidc_server.db import Database, upgrade
+from oidc_server.db import Database, ReplicaRest, upgrade
 from oidc_server.models import Base, LoginHistory, User
 from oidc_server.tokens.store import TokenStore
 
@@ -132,6 +132,12 @@ def test_a_replica_that_does_not_answer_is_read_around_and_reported(
     broken = create_app(replace(settings, database_replica_url=dead), store=token_store)
     client = broken.test_client()
     try:
+        token = signed_in(client)["access_token"]
+        pages = client.get(HISTORY, headers=bearer(token))
+        # Read from the primary instead: the sign-in just made is there.
+        assert pages.status_code == 200
+        assert [item["user_agent"] for item in pages.json["items"]] == ["pytest"]
+        assert "read replica unavailable" in caplog.text
         ready = client.get("/health/ready")
         assert ready.status_code == 200  # the instance still serves everything
         assert ready.json["checks"] == {
@@ -139,15 +145,44 @@ def test_a_replica_that_does_not_answer_is_read_around_and_reported(
             "token_store": True,
             "database_replica": False,
         }
-        token = signed_in(client)["access_token"]
-        pages = client.get(HISTORY, headers=bearer(token))
-        # Read from the primary instead: the sign-in just made is there.
-        assert pages.status_code == 200
-        assert [item["user_agent"] for item in pages.json["items"]] == ["pytest"]
-        assert "read replica unavailable" in caplog.text
     finally:
         broken.extensions["oidc"].db.dispose()
         broken.extensions["oidc"].replica.dispose()
+
+
+def test_a_replica_that_failed_is_left_alone_for_a_while(
+    app: Flask, user: User, settings: Settings, token_store: TokenStore
+) -> None:
+    # One attempt per rest period, not one per request: a silent replica costs each attempt
+    # a connect timeout, and readiness probes would wait on it too.
+    dead = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/none"
+    broken = create_app(replace(settings, database_replica_url=dead), store=token_store)
+    svc = broken.extensions["oidc"]
+    now = [1000.0]
+    svc.replica_rest = ReplicaRest(10, clock=lambda: now[0])
+    attempts: list[object] = []
+    event.listen(svc.replica.engine, "do_connect", lambda *args: attempts.append(args))
+    client = broken.test_client()
+    try:
+        token = signed_in(client)["access_token"]
+
+        def page_is_served() -> bool:
+            return client.get(HISTORY, headers=bearer(token)).status_code == 200
+
+        def replica_reported() -> bool:
+            return client.get("/health/ready").json["checks"]["database_replica"]
+
+        assert page_is_served() and len(attempts) == 1
+        assert page_is_served() and replica_reported() is False
+        assert len(attempts) == 1  # resting: neither the page nor the probe tried it
+        now[0] += 10
+        assert replica_reported() is False and len(attempts) == 2  # tried again, failed
+        assert page_is_served() and len(attempts) == 2  # and that started a new rest
+        now[0] += 10
+        assert page_is_served() and len(attempts) == 3
+    finally:
+        svc.db.dispose()
+        svc.replica.dispose()
 
 
 def test_a_replica_that_accepts_and_never_answers_is_given_up_on(
