@@ -332,8 +332,9 @@ def history_group() -> None:
 def history_purge(older_than: int | None, batch_size: int) -> None:
     """Delete old login history, a batch per short transaction: safe on a live database.
 
-    Prints {"deleted", "cutoff", "older_than_days"}. Run it daily (cron, a Kubernetes CronJob);
-    an interrupted run is simply run again.
+    A partitioned history (`history partition`) first drops every month wholly past the cutoff.
+    Prints {"deleted", "dropped_partitions", "cutoff", "older_than_days"}. Run it daily (cron,
+    a Kubernetes CronJob); an interrupted run is simply run again.
     """
     from . import lifecycle
 
@@ -348,7 +349,54 @@ def history_purge(older_than: int | None, batch_size: int) -> None:
         database.dispose()
     click.echo(
         json.dumps(
-            {"deleted": purge.deleted, "cutoff": purge.cutoff.isoformat(), "older_than_days": days}
+            {
+                "deleted": purge.deleted,
+                "dropped_partitions": purge.dropped_partitions,
+                "cutoff": purge.cutoff.isoformat(),
+                "older_than_days": days,
+            }
+        )
+    )
+
+
+@history_group.command("partition")
+@click.option(
+    "--months-ahead",
+    type=click.IntRange(0, 24),
+    default=3,
+    show_default=True,
+    help="Create partitions up to this many months after the current one.",
+)
+def history_partition(months_ahead: int) -> None:
+    """Partition the login history by month (PostgreSQL), or create the months coming up.
+
+    The first run converts the live table without stopping sign-ins: the existing rows
+    become one partition, later months get their own, and `history purge` then drops whole
+    months past the retention. Run it daily beside the purge; a month it did not create in
+    time lands in a default partition and is moved out by the next run. Prints {"converted",
+    "created", "partitions"}.
+    """
+    from . import history_partitions
+
+    database = Database(_settings().resolved_database_url)
+    try:
+        result = history_partitions.partition_login_history(
+            database.engine, months_ahead=months_ahead
+        )
+    except history_partitions.NotPostgreSQL as error:
+        dialect = database.engine.dialect.name
+        raise click.ClickException(f"{error}; this database is {dialect}") from None
+    except history_partitions.LockNotAvailable as error:
+        raise click.ClickException(str(error)) from None
+    finally:
+        database.dispose()
+    click.echo(
+        json.dumps(
+            {
+                "converted": result.converted,
+                "created": result.created,
+                "partitions": [partition.name for partition in result.partitions],
+            }
         )
     )
 

@@ -76,7 +76,12 @@ def page_query(
     query = select(LoginHistory).where(LoginHistory.user_id == user_id)
     if after is not None:
         position = tuple_(*after, types=(LoginHistory.logged_in_at.type, LoginHistory.id.type))
-        query = query.where(tuple_(LoginHistory.logged_in_at, LoginHistory.id) < position)
+        query = query.where(
+            tuple_(LoginHistory.logged_in_at, LoginHistory.id) < position,
+            # Implied by the row comparison, which PostgreSQL does not prune partitions by:
+            # on a partitioned history, later pages skip the months newer than their cursor.
+            LoginHistory.logged_in_at <= after[0],
+        )
     return query.order_by(LoginHistory.logged_in_at.desc(), LoginHistory.id.desc()).limit(limit + 1)
 
 

@@ -26,7 +26,7 @@ import hmac
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 from . import audit
 from .accounts import AccountError
 from .credentials import confirm_password
+from .history_partitions import drop_partitions_before
 from .login_backoff import LoginBackoff
 from .models import AuditLog, LoginHistory, User
 from .roles import RoleCache
@@ -76,7 +77,10 @@ class Purge:
     """What a history purge did."""
 
     cutoff: datetime
+    #: Rows deleted one batch at a time (not counting those of dropped partitions).
     deleted: int
+    #: Partitions of a partitioned history dropped whole, all of their rows past the cutoff.
+    dropped_partitions: list[str] = field(default_factory=list)
 
 
 def pseudonym(secret_key: str, user_id: uuid.UUID) -> str:
@@ -176,6 +180,8 @@ def purge_login_history(
 
     Each batch is its own short transaction, so a purge of millions of rows never holds locks
     for long or bloats one transaction on a live database; run it again after an interruption.
+    A partitioned history (``history_partitions``) first loses every month wholly past the
+    cutoff at once; batches delete only the rest.
     """
     if older_than_days < 1:
         raise ValueError("the retention must be at least one day")
@@ -183,6 +189,8 @@ def purge_login_history(
         raise ValueError("the batch size must be at least one")
     # UTC: SQLite keeps no offset, so the bound must be UTC like the stored values.
     cutoff = (now or datetime.now(UTC)).astimezone(UTC) - timedelta(days=older_than_days)
+    with sessions() as session, session.begin():
+        dropped = drop_partitions_before(session.connection(), cutoff)
     oldest = select(LoginHistory.id).where(LoginHistory.logged_in_at < cutoff).limit(batch_size)
     deleted = 0
     while True:
@@ -191,4 +199,4 @@ def purge_login_history(
             count = batch.rowcount  # type: ignore[attr-defined]
         deleted += count
         if count < batch_size:
-            return Purge(cutoff=cutoff, deleted=deleted)
+            return Purge(cutoff=cutoff, deleted=deleted, dropped_partitions=dropped)

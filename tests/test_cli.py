@@ -25,6 +25,9 @@ COMMANDS = [
     ["clients", "create"],
     ["users"],
     ["users", "create-admin"],
+    ["history"],
+    ["history", "purge"],
+    ["history", "partition"],
 ]
 
 
