@@ -77,8 +77,10 @@ LOGIN_SETTLE_SECONDS = 2
 GROWTH_SCENARIOS = ("password_login", "history_first_page", "history_deep_page")
 #: Four rounds gave medians -10 % / -6 % where six, on the same two databases, gave +1 % / +0 %.
 GROWTH_REPEATS = 6
-#: Scenarios measured a second time over one connection (see ``scenarios``).
+#: Scenarios measured again over one connection, and paced over 32 (see ``scenarios``).
 LATENCY_ALONE = {"head_role_check", "users_me"}
+#: The paced runs' rates, as shares of the scenario's saturated rate.
+PACED_SHARES = (0.25, 0.5)
 
 
 def free_port() -> int:
@@ -130,13 +132,14 @@ def ensure_autocannon() -> None:
         )
 
 
-def load(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run one autocannon load; the spec goes through a file (refresh bodies are many)."""
+def load(spec: dict[str, Any], script: str = "load.mjs") -> dict[str, Any]:
+    """Run one autocannon load (or ``paced.mjs``'s); the spec goes through a file (refresh
+    bodies are many)."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         json.dump(spec, fh)
     try:
         out = subprocess.run(
-            ["node", "load.mjs", fh.name], cwd=BENCH_DIR, check=True, capture_output=True, text=True
+            ["node", script, fh.name], cwd=BENCH_DIR, check=True, capture_output=True, text=True
         )
     finally:
         os.unlink(fh.name)
@@ -472,22 +475,34 @@ def scenarios(
         else:
             load({**spec, "seconds": 2})
         server.wait_idle()
-        runs = [(name, spec)]
-        if name in LATENCY_ALONE:
-            # One request at a time: the latency of the request itself, without the queue that
-            # 32 connections build at saturation (mean latency = connections / throughput).
-            # autocannon's rate option sends each second's quota in a burst, so a lower rate
-            # over 32 connections would still measure a queue.
-            runs.append((f"{name}@1conn", {**spec, "connections": 1}))
-        for label, run in runs:
-            results[label] = load(run)
+        results[name] = load(spec)
+        server.wait_idle()
+        _print_result(name, results[name])
+        if name not in LATENCY_ALONE:
+            continue
+        # One request at a time: the latency of the request itself, without the queue that 32
+        # connections build at saturation (mean latency = connections / throughput).
+        results[f"{name}@1conn"] = load({**spec, "connections": 1})
+        server.wait_idle()
+        _print_result(f"{name}@1conn", results[f"{name}@1conn"])
+        # 32 connections again, sent at a steady share of the rate just measured (an open
+        # loop, bench/paced.mjs): the latency a service sees from a server that is busy but
+        # not overloaded. autocannon cannot pace (its rate sends each second's quota at once).
+        for share in PACED_SHARES:
+            label = f"{name}@{share:.0%}"
+            rate = max(1, round(results[name]["rps"] * share))
+            results[label] = load({**spec, "rate": rate}, script="paced.mjs")
             server.wait_idle()
-            print(
-                f"{label:<20} {results[label]['rps']:>9.1f} {results[label]['p50']:>7} "
-                f"{results[label]['p99']:>7} {results[label]['bad']:>7}",
-                flush=True,
-            )
+            _print_result(label, results[label])
     return results
+
+
+def _print_result(label: str, result: dict[str, Any]) -> None:
+    print(
+        f"{label:<22} {result['rps']:>9.1f} {result['p50']:>7} {result['p99']:>7} "
+        f"{result['bad']:>7}",
+        flush=True,
+    )
 
 
 def alternate(
@@ -628,7 +643,7 @@ def main() -> None:
         server.start()
         report["start_to_first_answer_s"] = round(server.start_seconds, 3)
         print(f"server: {workers} workers, first answer after {server.start_seconds:.2f}s")
-        print(f"{'scenario':<20} {'req/s':>9} {'p50ms':>7} {'p99ms':>7} {'errors':>7}")
+        print(f"{'scenario':<22} {'req/s':>9} {'p50ms':>7} {'p99ms':>7} {'errors':>7}")
         only = set(args.only) if args.only else None
         # Logins run below, next to their reference.
         rest = (only or set(SCENARIOS)) - {"password_login"}
