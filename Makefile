@@ -59,8 +59,8 @@ client: $(STAMP) ## Create a machine client for the roles API: make client NAME=
 	$(BIN)/oidc-server clients create --name "$(or $(NAME),machine-client)" \
 		--grant-type client_credentials --scope "roles:read roles:write" --json
 
-bench: bytecode ## Production-mode benchmark of every scenario (bench-results/bench.json); GROWTH=1 for 1M users
-	$(BIN)/python scripts/bench.py $(if $(GROWTH),--growth) $(if $(SECONDS_PER_RUN),--seconds $(SECONDS_PER_RUN))
+bench: bytecode ## Production-mode benchmark of every scenario (bench-results/bench.json); GROWTH=1 for 1M users, PARTITIONED=1 for a partitioned history
+	$(BIN)/python scripts/bench.py $(if $(GROWTH),--growth) $(if $(PARTITIONED),--partitioned) $(if $(SECONDS_PER_RUN),--seconds $(SECONDS_PER_RUN))
 
 soak: bytecode ## 180 s mixed traffic in production mode: RSS, 5xx, Redis keys (bench-results/soak.json)
 	$(BIN)/python scripts/soak.py $(SOAK_ARGS)

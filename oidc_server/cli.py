@@ -374,7 +374,8 @@ def history_partition(months_ahead: int) -> None:
     become one partition, later months get their own, and `history purge` then drops whole
     months past the retention. Run it daily beside the purge; a month it did not create in
     time lands in a default partition and is moved out by the next run. Prints {"converted",
-    "created", "partitions"}.
+    "created", "partitions", "prepare_seconds", "swap_seconds"} (the swap is the only step
+    that holds the table's lock).
     """
     from . import history_partitions
 
@@ -396,6 +397,8 @@ def history_partition(months_ahead: int) -> None:
                 "converted": result.converted,
                 "created": result.created,
                 "partitions": [partition.name for partition in result.partitions],
+                "prepare_seconds": round(result.prepare_seconds, 3),
+                "swap_seconds": round(result.swap_seconds, 3),
             }
         )
     )

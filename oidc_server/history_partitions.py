@@ -30,6 +30,7 @@ UUIDs, and the application still finds a row by ``id`` alone.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
@@ -81,6 +82,9 @@ class Conversion:
     converted: bool
     created: list[str]
     partitions: list[Partition]
+    #: Of a conversion: the online step (index, CHECK), and the swap holding the table's lock.
+    prepare_seconds: float = 0.0
+    swap_seconds: float = 0.0
 
 
 def month_start(moment: datetime) -> datetime:
@@ -150,15 +154,18 @@ def partition_login_history(
     now = (now or datetime.now(UTC)).astimezone(UTC)
     with engine.connect() as connection:
         converted = not is_partitioned(connection)
+    timings = [0.0, 0.0]
     if converted:
         # The old table keeps every row until the month after next: rows written while the
         # conversion runs (stamped now) must pass its CHECK, whenever in the month it runs.
         first_month = next_month(next_month(month_start(now)))
-        _prepare(engine, first_month)
-        _swap(engine, first_month)
+        for index, step in enumerate((_prepare, _swap)):
+            started = time.monotonic()
+            step(engine, first_month)
+            timings[index] = time.monotonic() - started
     with engine.begin() as connection:
         created = _create_months(connection, month_start(now), months_ahead)
-        return Conversion(converted=converted, created=created, partitions=partitions(connection))
+        return Conversion(converted, created, partitions(connection), *timings)
 
 
 def _set_lock_timeout(connection: Connection, scope: str = "LOCAL") -> None:

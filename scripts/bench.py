@@ -6,10 +6,11 @@ sessions, then loads each scenario with autocannon (bench/load.mjs) on loopback 
 time. ``--growth`` then shows that cost does not grow with data: it copies the database as the
 scenarios left it (1,000 users), grows the original by 1,000,000 users and 10,000,000
 login-history rows, and measures login and history paging on the two alternately (a server
-started for each turn), ``GROWTH_REPEATS`` times each, comparing medians.
+started for each turn), ``GROWTH_REPEATS`` times each, comparing medians. ``--partitioned``
+partitions the login history by month before seeding (``partition_a_year_ago``).
 
     .venv/bin/python scripts/bench.py [--seconds 10] [--connections 32] [--workers N] [--growth]
-                                      [--only SCENARIO ...]
+                                      [--partitioned] [--only SCENARIO ...]
 
 ``--workers`` (or ``WEB_CONCURRENCY``) sets the worker processes, default serve.py's (one per
 usable core); ``WEB_THREADS`` and ``WEB_TIMEOUT`` pass through to the server. Its log goes to
@@ -35,6 +36,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -362,6 +364,20 @@ def seed_history(db_url: str, user_id: str, own_rows: int, per_user: int, patter
     engine.dispose()
 
 
+def partition_a_year_ago(db_url: str) -> list[str]:
+    """Partition the (empty) login history as if converted 13 months ago and kept up daily:
+    the history seeded next (up to 365 days old) lands in monthly partitions; the names."""
+    from oidc_server.history_partitions import partition_login_history
+
+    engine = create_engine(db_url)
+    try:
+        a_year_ago = datetime.now(UTC) - timedelta(days=395)
+        result = partition_login_history(engine, now=a_year_ago, months_ahead=14)
+    finally:
+        engine.dispose()
+    return [partition.name for partition in result.partitions]
+
+
 def grow(db_url: str, users: int, rows: int) -> None:
     """Add ``users`` users (same hash) and ``rows`` history rows spread evenly over them."""
     engine = create_engine(db_url)
@@ -587,6 +603,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0, help="default: serve.py's")
     parser.add_argument("--growth", action="store_true")
     parser.add_argument(
+        "--partitioned",
+        action="store_true",
+        help="partition the login history by month first, as `oidc-server history partition` "
+        "would have done a year ago, so the seeded year of history spreads over the months",
+    )
+    parser.add_argument(
         "--only",
         nargs="+",
         choices=SCENARIOS,
@@ -637,6 +659,8 @@ def main() -> None:
         subprocess.run(
             [str(BIN / "oidc-server"), "db", "upgrade"], env=env, check=True, capture_output=True
         )
+        if args.partitioned:
+            report["partitions"] = partition_a_year_ago(db_url)
         data = seed(env, users=1000)
         # 10 history rows per user, and 2,000 for the user whose history is paged.
         seed_history(db_url, data["user_id"], 2000, 10, "user%")

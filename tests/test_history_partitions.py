@@ -400,9 +400,12 @@ def test_the_cli_partitions_and_reports(engine: Engine, settings: Settings) -> N
     assert report["converted"] is True
     assert report["partitions"][0] == BEFORE
     assert report["partitions"][-1] == DEFAULT
+    assert report["prepare_seconds"] > 0
+    assert report["swap_seconds"] > 0
     again = json.loads(run_cli(replace(settings, database_url=url), "history", "partition").stdout)
     assert again["converted"] is False
     assert again["created"] == []
+    assert again["swap_seconds"] == again["prepare_seconds"] == 0
 
 
 def test_the_cli_refuses_sqlite_plainly(settings: Settings, tmp_path: Path) -> None:
