@@ -57,7 +57,8 @@ class NotPostgreSQL(Exception):
 
 
 class LockNotAvailable(Exception):
-    """A lock was not granted within ``LOCK_TIMEOUT``; nothing was changed, run it again."""
+    """A lock was not granted within ``LOCK_TIMEOUT``: the table is as it was (an index or
+    ``CHECK`` the online step made stays, and the next run reuses it); run it again."""
 
 
 @dataclass(frozen=True)
@@ -107,22 +108,23 @@ def is_partitioned(connection: Connection) -> bool:
     return kind == "p"
 
 
+_PARTITIONS_SQL = text(
+    "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
+    "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = to_regclass(:table)"
+)
+
+
 def partition_names(connection: Connection) -> set[str]:
-    """The tables that are partitions of ``login_history`` (none on SQLite)."""
+    """The tables that are partitions of ``login_history`` (none on SQLite), whatever their
+    bounds (the migrations ask, and must not depend on how an operator partitioned)."""
     if connection.dialect.name != "postgresql":
         return set()
-    return {partition.name for partition in partitions(connection)}
+    return {name for name, _bound in connection.execute(_PARTITIONS_SQL, {"table": TABLE})}
 
 
 def partitions(connection: Connection) -> list[Partition]:
     """The partitions of ``login_history``, oldest first, the default one last."""
-    rows = connection.execute(
-        text(
-            "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
-            "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = to_regclass(:table)"
-        ),
-        {"table": TABLE},
-    ).all()
+    rows = connection.execute(_PARTITIONS_SQL, {"table": TABLE}).all()
     found = [Partition(name, *_bounds(bound)) for name, bound in rows]
     return sorted(found, key=lambda p: (p.is_default, p.lower or datetime.min.replace(tzinfo=UTC)))
 
@@ -134,8 +136,9 @@ def _bounds(expression: str) -> tuple[datetime | None, datetime | None]:
     match = re.fullmatch(r"FOR VALUES FROM \((.+)\) TO \((.+)\)", expression)
     if match is None:
         raise ValueError(f"unexpected partition bound: {expression}")
+    # Rendered in the session's time zone: brought back to UTC, where the months are cut.
     lower, upper = (
-        None if value == "MINVALUE" else datetime.fromisoformat(value.strip("'"))
+        None if value == "MINVALUE" else datetime.fromisoformat(value.strip("'")).astimezone(UTC)
         for value in match.groups()
     )
     return lower, upper

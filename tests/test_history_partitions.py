@@ -184,6 +184,20 @@ def test_the_table_becomes_monthly_partitions_and_keeps_every_row(engine: Engine
         assert _all_pages(engine, user_id) == before[user_id]
 
 
+def test_months_are_cut_in_utc_whatever_the_session_time_zone(engine: Engine) -> None:
+    """PostgreSQL renders partition bounds in the session's time zone (New York: the first
+    month starts on 2026-12-31 19:00-05); they are read back as UTC months."""
+    new_york = create_engine(engine.url, connect_args={"options": "-c timezone=America/New_York"})
+    try:
+        result = partition_login_history(new_york, now=NOW, months_ahead=3)
+    finally:
+        new_york.dispose()
+    assert result.created == ["login_history_2027_01", "login_history_2027_02"]
+    assert [p.upper for p in result.partitions[:3]] == [
+        datetime(2027, month, 1, tzinfo=UTC) for month in (1, 2, 3)
+    ]
+
+
 def test_the_migrations_see_no_drift_on_a_partitioned_history(engine: Engine) -> None:
     partition_login_history(engine, now=NOW)
     url = engine.url.render_as_string(hide_password=False)
