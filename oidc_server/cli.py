@@ -337,6 +337,7 @@ def history_purge(older_than: int | None, batch_size: int) -> None:
     a Kubernetes CronJob); an interrupted run is simply run again.
     """
     from . import lifecycle
+    from .history_partitions import LockNotAvailable
 
     settings = _settings()
     days = older_than if older_than is not None else settings.login_history_retention_days
@@ -345,6 +346,8 @@ def history_purge(older_than: int | None, batch_size: int) -> None:
     database = Database(settings.resolved_database_url)
     try:
         purge = lifecycle.purge_login_history(database.sessions, days, batch_size=batch_size)
+    except LockNotAvailable as error:  # dropping a month waited too long for its lock
+        raise click.ClickException(str(error)) from None
     finally:
         database.dispose()
     click.echo(

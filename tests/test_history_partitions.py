@@ -431,3 +431,35 @@ def test_the_cli_refuses_sqlite_plainly(settings: Settings, tmp_path: Path) -> N
         result.stderr
     )
     assert "Traceback" not in result.stderr
+
+
+def test_the_purge_command_drops_months_and_gives_up_plainly_on_a_held_lock(
+    engine: Engine, settings: Settings
+) -> None:
+    # Converted in June 2019: the old table holds everything before August 2019.
+    partition_login_history(engine, now=datetime(2019, 6, 1, tzinfo=UTC), months_ahead=0)
+    with engine.begin() as connection:
+        (user_id,) = _add_users(connection, 1)
+        _add_history(connection, user_id, [datetime(2019, 7, 1, tzinfo=UTC), NOW])
+    purge_env = replace(settings, database_url=engine.url.render_as_string(hide_password=False))
+    days = str((datetime.now(UTC) - datetime(2020, 1, 1, tzinfo=UTC)).days)  # cutoff ~2020
+
+    reader = engine.connect()
+    reader.begin()
+    reader.execute(text(f"SELECT count(*) FROM {BEFORE}"))  # noqa: S608 (ours) holds a lock
+    try:
+        held = run_cli(purge_env, "history", "purge", "--older-than", days)
+    finally:
+        reader.rollback()
+        reader.close()
+    assert held.returncode == 1
+    assert "no lock within" in held.stderr and "Traceback" not in held.stderr
+
+    result = run_cli(purge_env, "history", "purge", "--older-than", days)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["dropped_partitions"] == [BEFORE]
+    assert report["deleted"] == 0
+    with engine.connect() as connection:
+        left = connection.execute(select(LoginHistory.logged_in_at)).scalars().all()
+    assert left == [NOW]
