@@ -42,9 +42,9 @@ TABLE: Final = "login_history"
 #: The table as it was before the conversion, kept as the partition of everything older.
 BEFORE: Final = "login_history_before_partitions"
 DEFAULT: Final = "login_history_default"
-#: How long the conversion's and the monthly step's DDL wait for a lock before giving up:
-#: a statement queued behind a long transaction would block every sign-in queued behind it.
-LOCK_TIMEOUT: Final = "5s"
+#: How long a DDL statement here waits for its lock before giving up: while it waits behind a
+#: long transaction, every sign-in and page that needs the table queues behind it in turn.
+LOCK_TIMEOUT: Final = "2s"
 MONTHS_AHEAD: Final = 3
 
 _INDEX = "ix_login_history_user_id_logged_in_at"
@@ -241,12 +241,15 @@ def _create_months(connection: Connection, current: datetime, months_ahead: int)
     """Monthly partitions after the newest one, up to ``months_ahead`` months after ``current``;
     rows the default partition took for a month are moved into it."""
     _set_lock_timeout(connection)
-    ranges = [p for p in partitions(connection) if not p.is_default]
-    start = max(p.upper for p in ranges if p.upper is not None)
+    # After the newest month; from the current one if the purge has dropped every month (the
+    # daily run stopped for longer than the retention).
+    start = max((p.upper for p in partitions(connection) if p.upper is not None), default=current)
     end = current
     for _ in range(months_ahead + 1):
         end = next_month(end)
-    created = []
+    created: list[str] = []
+    if start >= end:
+        return created
     # Rows routed to the default partition while these months are created would stop the
     # ATTACH below; none should arrive (they are months ahead), and none can while this holds.
     _execute_ddl(connection, f"LOCK TABLE {DEFAULT} IN ACCESS EXCLUSIVE MODE")

@@ -463,3 +463,23 @@ def test_the_purge_command_drops_months_and_gives_up_plainly_on_a_held_lock(
     with engine.connect() as connection:
         left = connection.execute(select(LoginHistory.logged_in_at)).scalars().all()
     assert left == [NOW]
+
+
+def test_months_start_again_from_the_current_one_after_the_purge_dropped_them_all(
+    engine: Engine,
+) -> None:
+    """The daily run stopped for longer than the retention: every month was purged."""
+    partition_login_history(engine, now=NOW, months_ahead=1)
+    purge = lifecycle.purge_login_history(
+        lambda: Session(engine), 30, now=datetime(2027, 6, 1, tzinfo=UTC)
+    )
+    assert purge.dropped_partitions == [BEFORE]  # the only month there was
+
+    again = partition_login_history(engine, now=datetime(2027, 6, 1, tzinfo=UTC), months_ahead=1)
+
+    assert again.created == ["login_history_2027_06", "login_history_2027_07"]
+    with engine.begin() as connection:
+        (user_id,) = _add_users(connection, 1)
+        _add_history(connection, user_id, [datetime(2027, 6, 2, tzinfo=UTC)])
+        placed = connection.execute(text("SELECT tableoid::regclass::text FROM login_history"))
+        assert placed.scalar_one() == "login_history_2027_06"
