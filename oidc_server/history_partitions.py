@@ -123,7 +123,8 @@ def partition_names(connection: Connection) -> set[str]:
 
 
 def partitions(connection: Connection) -> list[Partition]:
-    """The partitions of ``login_history``, oldest first, the default one last."""
+    """The partitions of ``login_history``, oldest first, the default one last (none while
+    it is a plain table)."""
     rows = connection.execute(_PARTITIONS_SQL, {"table": TABLE}).all()
     found = [Partition(name, *_bounds(bound)) for name, bound in rows]
     return sorted(found, key=lambda p: (p.is_default, p.lower or datetime.min.replace(tzinfo=UTC)))
@@ -157,18 +158,24 @@ def partition_login_history(
     now = (now or datetime.now(UTC)).astimezone(UTC)
     with engine.connect() as connection:
         converted = not is_partitioned(connection)
-    timings = [0.0, 0.0]
+    prepare_seconds = swap_seconds = 0.0
     if converted:
         # The old table keeps every row until the month after next: rows written while the
         # conversion runs (stamped now) must pass its CHECK, whenever in the month it runs.
         first_month = next_month(next_month(month_start(now)))
-        for index, step in enumerate((_prepare, _swap)):
-            started = time.monotonic()
-            step(engine, first_month)
-            timings[index] = time.monotonic() - started
+        started = time.monotonic()
+        _prepare(engine, first_month)
+        prepared = time.monotonic()
+        _swap(engine, first_month)
+        prepare_seconds, swap_seconds = prepared - started, time.monotonic() - prepared
     with engine.begin() as connection:
-        created = _create_months(connection, month_start(now), months_ahead)
-        return Conversion(converted, created, partitions(connection), *timings)
+        return Conversion(
+            converted=converted,
+            created=_create_months(connection, month_start(now), months_ahead),
+            partitions=partitions(connection),
+            prepare_seconds=prepare_seconds,
+            swap_seconds=swap_seconds,
+        )
 
 
 def _set_lock_timeout(connection: Connection, scope: str = "LOCAL") -> None:
@@ -272,7 +279,7 @@ def _create_months(connection: Connection, current: datetime, months_ahead: int)
 
 def drop_partitions_before(connection: Connection, cutoff: datetime) -> list[str]:
     """Drop the partitions whose rows are all older than ``cutoff``; their names."""
-    if connection.dialect.name != "postgresql" or not is_partitioned(connection):
+    if connection.dialect.name != "postgresql":
         return []
     _set_lock_timeout(connection)
     dropped = []

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import create_engine, event, insert, make_url, select, text
+from sqlalchemy import event, insert, select
 
 from oidc_server.app import create_app
 from oidc_server.config import Settings
@@ -26,6 +26,7 @@ from oidc_server.tokens.store import TokenStore
 
 from ..conftest import TEST_DATABASE_URL, bearer
 from ..support.accounts import signed_in
+from ..support.databases import fresh_database
 from ..support.waiting import free_port
 
 HISTORY = "/api/v1/users/me/login-history"
@@ -37,14 +38,7 @@ def replica_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     if not TEST_DATABASE_URL:
         url = f"sqlite:///{tmp_path_factory.mktemp('replica') / 'replica.db'}"
     else:
-        primary = make_url(TEST_DATABASE_URL)
-        name = f"{primary.database}_replica"
-        admin = create_engine(primary.set(database="postgres"), isolation_level="AUTOCOMMIT")
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-        admin.dispose()
-        url = primary.set(database=name).render_as_string(hide_password=False)
+        url = fresh_database(TEST_DATABASE_URL, "_replica")
     upgrade(url)
     return url
 
