@@ -60,5 +60,5 @@ const round = (x) => (x === null ? null : Math.round(x * 100) / 100);
 console.log(JSON.stringify({
   rate: spec.rate, connections: spec.connections, rps: ok / spec.seconds,
   p50: round(pick(0.5)), p90: round(pick(0.9)), p99: round(pick(0.99)), max: round(latencies.at(-1) ?? null),
-  ok, bad: bad + (sent - ok - bad), total: sent,
+  ok, bad: sent - ok, total: sent, // bad: every request sent that got no 2xx, answered or not
 }));
