@@ -20,6 +20,14 @@ costs a task), and one that has started always runs to its end. (A client that o
 half-closes, shutting its sending side while it waits, counts as gone: granian 2.8 closes such
 a connection without an answer whether or not the request runs, as tried by hand.)
 
+Quick requests are not handed to a thread at all: when ``runs_on_loop`` says so (for us,
+``oidc_server/quick_requests.py``: token grants, introspection, role checks, discovery, whose
+work is CPU and a Redis round trip or two), the app answers on the event loop itself. The
+hand-off costs more than such a request's own Python work: the loop's wake-up write, the
+thread's wait for the GIL, and the request threads taking turns on it (docs/scaling.md,
+session 9). Everything that can wait on something slow (argon2id, PostgreSQL pages, another
+server) still runs in the pool, so the loop keeps reading and answering meanwhile.
+
 The request line and headers are granian's to bound: its HTTP/1 header read timeout and
 buffer size (``oidc_server/serve.py``).
 """
@@ -39,6 +47,9 @@ log = logging.getLogger(__name__)
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 Headers = list[tuple[str, str]]
+Answer = tuple[int, Headers, bytes]
+#: ``(method, path, body) -> bool``: whether a request is answered on the event loop.
+LoopPredicate = Callable[[str, str, bytes], bool]
 
 #: Headers WSGI places under their own names rather than as ``HTTP_*``.
 _UNPREFIXED = {"content-type": "CONTENT_TYPE", "content-length": "CONTENT_LENGTH"}
@@ -48,7 +59,7 @@ class BodyTooLarge(Exception):
     """The request body is larger than the server accepts."""
 
 
-def _error(status: int, error: str, description: str) -> tuple[int, Headers, bytes]:
+def _error(status: int, error: str, description: str) -> Answer:
     body = json.dumps({"error": error, "error_description": description}).encode()
     headers = [
         ("content-type", "application/json"),
@@ -106,7 +117,7 @@ def build_environ(scope: Any, body: bytes) -> dict[str, Any]:
     return environ
 
 
-def run_wsgi(app: WSGIApp, environ: dict[str, Any]) -> tuple[int, Headers, bytes]:
+def run_wsgi(app: WSGIApp, environ: dict[str, Any]) -> Answer:
     """Call ``app`` and collect its whole response (ours are small JSON, HTML or files)."""
     started: list[Any] = []
 
@@ -137,8 +148,10 @@ class RSGIServer:
         body_timeout: float | None,
         on_loop_start: Callable[[asyncio.AbstractEventLoop], None] | None = None,
         on_abandoned: Callable[[], None] | None = None,
+        runs_on_loop: LoopPredicate | None = None,
     ) -> None:
         self.app = app
+        self.runs_on_loop = runs_on_loop
         self.max_body = max_body
         self.body_timeout = body_timeout
         self.on_loop_start = on_loop_start
@@ -171,26 +184,10 @@ class RSGIServer:
             )
         else:
             environ = build_environ(scope, body)
-            # Every thread busy: this request will wait, so watch for its client leaving.
-            gone = (
-                asyncio.ensure_future(protocol.client_disconnect())
-                if self.in_pool >= self.threads
-                else None
-            )
-            self.in_pool += 1
-            try:
-                answer = await asyncio.get_running_loop().run_in_executor(
-                    self.pool, self._run_unless_gone, environ, gone
-                )
-            except Exception:
-                # Flask answers its own errors; this is a failure outside it (the response's
-                # iterable, this adapter): still a JSON answer, and the traceback in the logs.
-                log.exception("the app failed outside its own error handling")
-                answer = _error(500, "server_error", "internal error")
-            finally:
-                self.in_pool -= 1
-                if gone is not None:
-                    gone.cancel()
+            if self.runs_on_loop is not None and self.runs_on_loop(scope.method, scope.path, body):
+                answer = self._run_guarded(environ)
+            else:
+                answer = await self._run_in_pool(environ, protocol)
             if answer is None:
                 log.info(
                     "client gone before its request ran; not run",
@@ -202,13 +199,40 @@ class RSGIServer:
             status, headers, payload = answer
         protocol.response_bytes(status, headers, payload)
 
+    async def _run_in_pool(self, environ: dict[str, Any], protocol: Any) -> Answer | None:
+        """The app's answer from a pool thread, or None if the client left while it waited."""
+        # Every thread busy: this request will wait, so watch for its client leaving.
+        gone = (
+            asyncio.ensure_future(protocol.client_disconnect())
+            if self.in_pool >= self.threads
+            else None
+        )
+        self.in_pool += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self.pool, self._run_unless_gone, environ, gone
+            )
+        finally:
+            self.in_pool -= 1
+            if gone is not None:
+                gone.cancel()
+
     def _run_unless_gone(
         self, environ: dict[str, Any], gone: asyncio.Future[None] | None
-    ) -> tuple[int, Headers, bytes] | None:
+    ) -> Answer | None:
         """In a pool thread: the app's answer, or None if the client left while it waited."""
         if gone is not None and gone.done():
             return None
-        return run_wsgi(self.app, environ)
+        return self._run_guarded(environ)
+
+    def _run_guarded(self, environ: dict[str, Any]) -> Answer:
+        try:
+            return run_wsgi(self.app, environ)
+        except Exception:
+            # Flask answers its own errors; this is a failure outside it (the response's
+            # iterable, this adapter): still a JSON answer, and the traceback in the logs.
+            log.exception("the app failed outside its own error handling")
+            return _error(500, "server_error", "internal error")
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         """granian calls this when the worker stops: let running requests finish."""

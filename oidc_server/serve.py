@@ -7,8 +7,9 @@ Read from the environment, beside the app's own settings (``oidc_server/config.p
 
 - ``HOST`` / ``PORT``: where to listen (the app's settings use the same two variables).
 - ``WEB_CONCURRENCY``: worker processes; default one per usable core, at most
-  ``MAX_DEFAULT_WORKERS``. Each is an event loop that reads requests (in Rust) and a pool of
-  ``WEB_THREADS`` threads (default 4) that run the Flask app on complete requests.
+  ``MAX_DEFAULT_WORKERS``. Each is an event loop that reads requests (in Rust) and answers the
+  quick ones itself (``oidc_server/quick_requests.py``), and a pool of ``WEB_THREADS``
+  threads (default 4) that run the Flask app on the other complete requests.
 - ``WEB_TIMEOUT`` (default 30 s): a request body must have arrived within it (else 408), and a
   worker whose event loop has not ticked for this long is killed and replaced. ``0`` turns
   both off. The request line and headers have ``min(HEAD_TIMEOUT, WEB_TIMEOUT)``.
@@ -129,6 +130,7 @@ def rsgi_app() -> Any:
     """The factory granian calls in each worker: the Flask app behind the RSGI adapter."""
     from .app import create_app
     from .observability import ABANDONED
+    from .quick_requests import QuickRequests
     from .rsgi import RSGIServer
 
     settings = ServeSettings.from_env()
@@ -141,6 +143,7 @@ def rsgi_app() -> Any:
         body_timeout=float(settings.timeout) if settings.timeout else None,
         on_loop_start=_heartbeat(Path(heartbeats)) if heartbeats else None,
         on_abandoned=ABANDONED.inc,
+        runs_on_loop=QuickRequests(app.url_map),
     )
 
 

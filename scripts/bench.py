@@ -491,7 +491,14 @@ def scenarios(
         else:
             load({**spec, "seconds": 2})
         server.wait_idle()
+        cpu_before = server.cpu_seconds()
         results[name] = load(spec)
+        # The server's CPU per answered request: steadier than req/s on a machine whose
+        # hypervisor takes a varying share of the cores (steal time is nobody's CPU time).
+        answered = results[name]["ok"] + results[name]["bad"]
+        results[name]["cpu_ms"] = round(
+            (server.cpu_seconds() - cpu_before) * 1000 / max(1, answered), 3
+        )
         server.wait_idle()
         _print_result(name, results[name])
         if name not in LATENCY_ALONE:
@@ -516,7 +523,7 @@ def scenarios(
 def _print_result(label: str, result: dict[str, Any]) -> None:
     print(
         f"{label:<22} {result['rps']:>9.1f} {result['p50']:>7} {result['p99']:>7} "
-        f"{result['bad']:>7}",
+        f"{result['bad']:>7} {result.get('cpu_ms', ''):>9}",
         flush=True,
     )
 
@@ -667,7 +674,9 @@ def main() -> None:
         server.start()
         report["start_to_first_answer_s"] = round(server.start_seconds, 3)
         print(f"server: {workers} workers, first answer after {server.start_seconds:.2f}s")
-        print(f"{'scenario':<22} {'req/s':>9} {'p50ms':>7} {'p99ms':>7} {'errors':>7}")
+        print(
+            f"{'scenario':<22} {'req/s':>9} {'p50ms':>7} {'p99ms':>7} {'errors':>7} {'cpu/req':>9}"
+        )
         only = set(args.only) if args.only else None
         # Logins run below, next to their reference.
         rest = (only or set(SCENARIOS)) - {"password_login"}

@@ -1,5 +1,6 @@
-"""The RSGI adapter: a request translated into WSGI and the answer back; queued requests
-whose client has gone are not run."""
+"""The RSGI adapter: a request translated into WSGI and the answer back; quick requests
+answered on the event loop, the others in the pool; queued requests whose client has gone are
+not run."""
 
 from __future__ import annotations
 
@@ -10,45 +11,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from oidc_server.rsgi import build_environ, run_wsgi
+from tests.support.rsgi_fakes import Headers, Protocol, Scope
 from tests.support.server import ROOT
 from tests.support.waiting import free_port, wait_for
-
-
-class Headers:
-    """granian's RSGIHeaders: items() lists every pair, repeated names included."""
-
-    def __init__(self, pairs: list[tuple[str, str]]) -> None:
-        self.pairs = pairs
-
-    def items(self) -> list[tuple[str, str]]:
-        return list(self.pairs)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return next((v for k, v in self.pairs if k == key), default)
-
-    def __contains__(self, key: str) -> bool:
-        return any(k == key for k, _ in self.pairs)
-
-
-@dataclass
-class Scope:
-    headers: Headers
-    method: str = "POST"
-    path: str = "/oauth/token"
-    query_string: str = "a=1"
-    server: str = "127.0.0.1:8000"
-    client: str = "10.1.2.3:5555"
-    scheme: str = "http"
-    http_version: str = "1.1"
-    proto: str = "http"
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def test_the_environ_carries_the_request() -> None:
@@ -134,19 +105,11 @@ def test_run_wsgi_collects_the_answer_and_closes_the_iterable() -> None:
     assert closed == [True]
 
 
-def test_a_failure_outside_the_apps_own_handling_is_a_json_500() -> None:
+@pytest.mark.parametrize("on_loop", [False, True], ids=["in the pool", "on the loop"])
+def test_a_failure_outside_the_apps_own_handling_is_a_json_500(on_loop: bool) -> None:
     import asyncio
 
     from oidc_server.rsgi import RSGIServer
-
-    class Protocol:
-        answered: tuple[int, list[tuple[str, str]], bytes]
-
-        async def __call__(self) -> bytes:
-            return b""
-
-        def response_bytes(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
-            self.answered = (status, headers, body)
 
     def app(environ: dict[str, Any], start_response: Any) -> Any:
         start_response("200 OK", [])
@@ -157,9 +120,12 @@ def test_a_failure_outside_the_apps_own_handling_is_a_json_500() -> None:
 
         return body()
 
-    server = RSGIServer(app, threads=1, max_body=1024, body_timeout=1.0)
+    server = RSGIServer(
+        app, threads=1, max_body=1024, body_timeout=1.0, runs_on_loop=lambda *_: on_loop
+    )
     protocol = Protocol()
     asyncio.run(server.__rsgi__(Scope(Headers([]), method="GET"), protocol))
+    assert protocol.answered is not None
     status, headers, body = protocol.answered
     assert status == 500
     assert ("content-type", "application/json") in headers
@@ -222,7 +188,13 @@ def test_a_queued_request_whose_client_left_is_not_run(slow_app: tuple[int, Path
     assert _status(slow) == 200
     assert _status(waiting) == 200
     # "abandoned" is written once the thread has moved on to /waiting: either order.
-    assert sorted(record.read_text().split()) == ["/slow", "/waiting", "abandoned"]
+    assert sorted(record.read_text().split()) == [
+        "/slow",
+        "/slow:request",
+        "/waiting",
+        "/waiting:request",
+        "abandoned",
+    ]
 
 
 def test_a_request_that_started_runs_to_its_end_when_its_client_leaves(
@@ -233,4 +205,22 @@ def test_a_request_that_started_runs_to_its_end_when_its_client_leaves(
     wait_for(lambda: "/slow-then-left" in record.read_text().split(), "the request to start")
     leaving.close()
     assert _status(_send(port, "/next")) == 200  # served once the first one has finished
-    assert record.read_text().split() == ["/slow-then-left", "/next"]
+    assert record.read_text().split() == [
+        "/slow-then-left",
+        "/slow-then-left:request",
+        "/next",
+        "/next:request",
+    ]
+
+
+def test_a_quick_request_is_answered_on_the_loop_while_the_only_thread_is_busy(
+    slow_app: tuple[int, Path],
+) -> None:
+    port, record = slow_app
+    slow = _send(port, "/slow")
+    wait_for(lambda: record.read_text().split() == ["/slow"], "the slow request to start")
+    started = time.monotonic()
+    assert _status(_send(port, "/quick")) == 200
+    assert time.monotonic() - started < 0.9  # /slow holds the thread for 1 s
+    assert _status(slow) == 200
+    assert record.read_text().split() == ["/slow", "/quick", "/quick:loop", "/slow:request"]

@@ -349,6 +349,28 @@ def test_requests_not_run_for_gone_clients_are_counted(monkeypatch: pytest.Monke
         adapter.pool.shutdown()
 
 
+def test_the_production_adapter_answers_quick_requests_on_its_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Which requests are quick is tests/test_quick_requests.py's; here, that the server asks.
+    from flask import Flask
+
+    from oidc_server import app as app_module
+    from oidc_server.serve import rsgi_app
+
+    bare = Flask("bare")
+    bare.add_url_rule("/oauth/token", "oauth.token", methods=["POST"])
+    bare.add_url_rule("/api/v1/auth/login", "auth.login", methods=["POST"])
+    monkeypatch.setattr(app_module, "create_app", lambda: bare)
+    adapter = rsgi_app()
+    try:
+        assert adapter.runs_on_loop is not None
+        assert adapter.runs_on_loop("POST", "/oauth/token", b"grant_type=client_credentials")
+        assert not adapter.runs_on_loop("POST", "/api/v1/auth/login", b"")
+    finally:
+        adapter.pool.shutdown()
+
+
 def test_the_servers_own_lines_are_json(server: Server) -> None:
     lines = [line for line in server.log.read_text().splitlines() if line.strip()]
     granian_lines = [json.loads(line) for line in lines if '"_granian"' in line]
