@@ -14,13 +14,12 @@ from urllib.parse import urlencode
 import pytest
 from flask import Flask
 
-from oidc_server.quick_requests import QuickRequests, grant_of
+from oidc_server.quick_requests import QUICK_ENDPOINTS, TOKEN_ENDPOINT, QuickRequests, grant_of
 from oidc_server.rsgi import RSGIServer
 from tests.conftest import PASSWORD, MachineClient
 from tests.support.rsgi_fakes import Headers, Protocol, Scope
 
-SOME_ID = uuid.uuid4()
-ROLE_CHECK = f"/api/v1/users/{SOME_ID}/roles/{uuid.uuid4()}/"
+ROLE_CHECK = f"/api/v1/users/{uuid.uuid4()}/roles/{uuid.uuid4()}/"
 
 
 @pytest.mark.parametrize(
@@ -62,6 +61,7 @@ def test_other_token_requests_go_to_the_pool(app: Flask, body: bytes) -> None:
         ("GET", "/oauth/userinfo"),
         ("GET", "/.well-known/jwks.json"),
         ("GET", "/.well-known/openid-configuration"),
+        ("GET", "/.well-known/oauth-authorization-server"),
         ("GET", "/health/live"),
     ],
 )
@@ -88,6 +88,12 @@ def test_cached_reads_and_revocations_are_quick(app: Flask, method: str, path: s
 )
 def test_everything_else_goes_to_the_pool(app: Flask, method: str, path: str) -> None:
     assert not QuickRequests(app.url_map)(method, path, b"")
+
+
+def test_every_quick_endpoint_is_one_of_the_apps(app: Flask) -> None:
+    # A renamed endpoint would silently move its requests back to the pool.
+    endpoints = {rule.endpoint for rule in app.url_map.iter_rules()}
+    assert QUICK_ENDPOINTS | {TOKEN_ENDPOINT} <= endpoints
 
 
 def test_a_grant_counts_only_when_named_once() -> None:
