@@ -197,12 +197,37 @@ class ClientCache:
     a database round trip each time. Any change to a client bumps the generation in the
     shared store, so every worker drops its copies at once; ``max_age`` bounds staleness
     in the embedded mode, where the CLI cannot reach the server's in-process store.
+
+    It also keeps this worker's newest read of the generation, so that requests received
+    before that read was sent can use its answer instead of reading again
+    (``generation_read_since``): under load, requests queued behind one another share a read.
     """
 
     def __init__(self, max_age: float = 60.0, max_entries: int = 10_000) -> None:
         self.max_age = max_age
         self.max_entries = max_entries
         self._entries: dict[str, tuple[str, float, RegisteredClient | None]] = {}
+        #: When this worker's newest generation read was sent (``time.monotonic``), its answer.
+        self._generation_read: tuple[float, str] | None = None
+
+    def generation_read_since(self, received_at: float | None) -> str | None:
+        """The generation, as read by a read sent after ``received_at``; None if there is none.
+
+        A request received at ``received_at`` must see every client change made before it
+        arrived. Redis answers a read with its state at some moment after the read was sent,
+        so any read sent later than the request arrived answers it, whoever sent it.
+        """
+        read = self._generation_read
+        if read is None or received_at is None or read[0] <= received_at:
+            return None
+        return read[1]
+
+    def note_generation_read(self, sent_at: float, generation: str) -> None:
+        """Keep a generation read, sent at ``sent_at``, for the requests it can answer."""
+        read = self._generation_read
+        if read is None or sent_at > read[0]:
+            # Threads may race here: at worst an older read is kept, answering fewer requests.
+            self._generation_read = (sent_at, generation)
 
     def get(
         self, generation: str, client_id: str, load: Callable[[], RegisteredClient | None]

@@ -29,6 +29,10 @@ other request threads contending to take the GIL back (docs/scaling.md, session 
 Everything that can wait on something slow (argon2id, PostgreSQL pages, another server) still
 runs in the pool, so the loop keeps reading and answering meanwhile.
 
+Each request's environ carries the time it arrived (``RECEIVED_AT``, ``time.monotonic()`` when
+granian handed over its head), before any wait for its body or a thread: what the app may
+have read since then is current for it (``oidc_server/oauth/clients_generation.py``).
+
 The request line and headers are granian's to bound: its HTTP/1 header read timeout and
 buffer size (``oidc_server/serve.py``).
 """
@@ -40,6 +44,7 @@ import io
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -51,6 +56,9 @@ Headers = list[tuple[str, str]]
 Answer = tuple[int, Headers, bytes]
 #: ``(method, path, body) -> bool``: whether a request is answered on the event loop.
 LoopPredicate = Callable[[str, str, bytes], bool]
+
+#: The environ key of the time a request arrived (``time.monotonic()``).
+RECEIVED_AT = "oidc_server.received_at"
 
 #: Headers WSGI places under their own names rather than as ``HTTP_*``.
 _UNPREFIXED = {"content-type": "CONTENT_TYPE", "content-length": "CONTENT_LENGTH"}
@@ -168,6 +176,7 @@ class RSGIServer:
             self.on_loop_start(loop)
 
     async def __rsgi__(self, scope: Any, protocol: Any) -> None:
+        received_at = time.monotonic()
         if scope.proto != "http":  # websockets: none of ours
             protocol.close(1008)
             return
@@ -185,6 +194,7 @@ class RSGIServer:
             )
         else:
             environ = build_environ(scope, body)
+            environ[RECEIVED_AT] = received_at
             if self.runs_on_loop is not None and self.runs_on_loop(scope.method, scope.path, body):
                 answer = self._run_guarded(environ)
             else:

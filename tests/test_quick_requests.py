@@ -14,9 +14,13 @@ from urllib.parse import urlencode
 import pytest
 from flask import Flask
 
+from oidc_server.clients import CLIENTS_GENERATION
+from oidc_server.models import OAuthClient
 from oidc_server.quick_requests import QUICK_ENDPOINTS, TOKEN_ENDPOINT, QuickRequests, grant_of
 from oidc_server.rsgi import RSGIServer
+from oidc_server.tokens.redis_store import RedisTokenStore
 from tests.conftest import PASSWORD, MachineClient
+from tests.support.redis_trips import round_trips
 from tests.support.rsgi_fakes import Headers, Protocol, Scope
 
 ROLE_CHECK = f"/api/v1/users/{uuid.uuid4()}/roles/{uuid.uuid4()}/"
@@ -169,3 +173,57 @@ def test_the_apps_token_grants_run_where_they_are_placed(
         server.pool.shutdown()
     loop, pool = "MainThread", "request_0"
     assert where.threads == [loop, pool, loop, loop]
+
+
+class ArrivingProtocol(Protocol):
+    """A body that arrives after a turn of the loop, as granian's does."""
+
+    async def __call__(self) -> bytes:
+        await asyncio.sleep(0)
+        return self.body
+
+
+def test_token_requests_that_arrive_together_share_one_generation_read(
+    app: Flask, machine: MachineClient, services: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not isinstance(services.store, RedisTokenStore):
+        pytest.skip("TEST_REDIS_URL not set (CI always sets it)")
+    server = RSGIServer(
+        app.wsgi_app,
+        threads=1,
+        max_body=64 * 1024,
+        body_timeout=5.0,
+        runs_on_loop=QuickRequests(app.url_map),
+    )
+    body = b"grant_type=client_credentials"
+    pairs = [
+        ("host", "127.0.0.1:8000"),
+        ("content-type", "application/x-www-form-urlencoded"),
+        ("content-length", str(len(body))),
+        ("authorization", machine.basic["Authorization"]),
+    ]
+
+    def answers(count: int) -> list[int]:
+        protocols = [ArrivingProtocol(body) for _ in range(count)]
+
+        async def arrive_together() -> None:
+            scope = Scope(Headers(pairs), path="/oauth/token", query_string="")
+            await asyncio.gather(*(server.__rsgi__(scope, p) for p in protocols))
+
+        asyncio.run(arrive_together())
+        return [p.answered[0] if p.answered else 0 for p in protocols]
+
+    try:
+        assert answers(1) == [200]  # the client is now cached
+        with round_trips(monkeypatch) as trips:
+            assert answers(8) == [200] * 8
+        assert len(trips) == 1
+        # A client changed now is seen by the next requests to arrive.
+        with services.db.session() as session:
+            session.query(OAuthClient).filter_by(
+                client_id=machine.client_id
+            ).one().is_active = False
+        services.store.bump_generation(CLIENTS_GENERATION)
+        assert answers(3) == [401] * 3
+    finally:
+        server.pool.shutdown()

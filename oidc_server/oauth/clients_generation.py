@@ -4,16 +4,24 @@ Every client authentication reads it (``AuthorizationServer.query_client``); any
 client bumps it, so every worker drops its copies at once (``clients.ClientCache``). An
 endpoint that reads Redis for its request anyway (introspection, refresh) sends those reads
 with this one before authenticating the client, so both cost one round trip.
+
+A request the production server received before another request's read was sent uses that
+read's answer (``ClientCache.generation_read_since``): a read sent after the request arrived
+sees every change made before it. The server stamps each request with the time it arrived
+(``rsgi.RECEIVED_AT``); a request without the stamp (the test client, the embedded server)
+always reads.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from flask import has_request_context, request
 
 from ..clients import CLIENTS_GENERATION
 from ..context import services
+from ..rsgi import RECEIVED_AT
 from ..tokens.reads import Reads, read_together
 
 #: Where the generation read for a request is kept: its WSGI environ, which lives exactly as
@@ -22,19 +30,39 @@ _ENVIRON_KEY = "oidc_server.clients_generation"
 
 
 def read_with_clients_generation(*reads: Reads[Any]) -> list[Any]:
-    """The answers of ``reads``, sent with the read of the generation, kept for the request."""
+    """The answers of ``reads``, sent with the read of the generation, kept for the request.
+
+    The generation is left out of the round trip when a read sent after the request arrived
+    already answered it.
+    """
     svc = services()
-    generation, *answers = read_together(
-        svc.redis, svc.store.generation_reads(CLIENTS_GENERATION), *reads
-    )
+    generation = _generation_read_since_arrival()
+    if generation is not None:
+        answers = read_together(svc.redis, *reads)
+    else:
+        sent_at = time.monotonic()
+        generation, *answers = read_together(
+            svc.redis, svc.store.generation_reads(CLIENTS_GENERATION), *reads
+        )
+        svc.client_cache.note_generation_read(sent_at, generation)
     if has_request_context():
         request.environ[_ENVIRON_KEY] = generation
     return answers
 
 
 def clients_generation() -> str:
-    """The generation read earlier in this request, else read now."""
+    """The generation read earlier in this request or since it arrived, else read now."""
     generation = request.environ.get(_ENVIRON_KEY) if has_request_context() else None
     if generation is None:
-        generation = services().store.get_generation(CLIENTS_GENERATION)
+        generation = _generation_read_since_arrival()
+    if generation is None:
+        svc = services()
+        sent_at = time.monotonic()
+        generation = svc.store.get_generation(CLIENTS_GENERATION)
+        svc.client_cache.note_generation_read(sent_at, generation)
     return generation
+
+
+def _generation_read_since_arrival() -> str | None:
+    received_at = request.environ.get(RECEIVED_AT) if has_request_context() else None
+    return services().client_cache.generation_read_since(received_at)

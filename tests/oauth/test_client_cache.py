@@ -2,22 +2,36 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
 
-from oidc_server.clients import CLIENTS_GENERATION
+from oidc_server.clients import CLIENTS_GENERATION, ClientCache
 from oidc_server.models import OAuthClient
+from oidc_server.rsgi import RECEIVED_AT
+from oidc_server.tokens.redis_store import RedisTokenStore
 
 from ..conftest import MachineClient
+from ..support.redis_trips import round_trips
 
 
-def token_status(client: FlaskClient, machine: MachineClient) -> int:
+def token_status(
+    client: FlaskClient, machine: MachineClient, received_at: float | None = None
+) -> int:
     return client.post(
-        "/oauth/token", data={"grant_type": "client_credentials"}, headers=machine.basic
+        "/oauth/token",
+        data={"grant_type": "client_credentials"},
+        headers=machine.basic,
+        environ_base=_arrival(received_at),
     ).status_code
+
+
+def _arrival(received_at: float | None) -> dict[str, Any]:
+    """The arrival stamp the production server puts on each request (oidc_server/rsgi.py)."""
+    return {} if received_at is None else {RECEIVED_AT: received_at}
 
 
 def deactivate(services: Any, client_id: str) -> None:
@@ -33,10 +47,15 @@ def test_a_cached_client_is_served_without_the_database(
     assert token_status(client, machine) == 200
 
 
-def introspection_status(client: FlaskClient, machine: MachineClient) -> int:
+def introspection_status(
+    client: FlaskClient, machine: MachineClient, received_at: float | None = None
+) -> int:
     # Introspection reads the generation together with the token's own reads.
     return client.post(
-        "/oauth/introspect", data={"token": "not-a-token"}, headers=machine.basic
+        "/oauth/introspect",
+        data={"token": "not-a-token"},
+        headers=machine.basic,
+        environ_base=_arrival(received_at),
     ).status_code
 
 
@@ -70,3 +89,53 @@ def test_cached_entries_expire_after_max_age(
     deactivate(services, machine.client_id)
     services.client_cache.max_age = 0
     assert token_status(client, machine) == 401
+
+
+# One generation read answers the requests that arrived before it was sent -----------------
+
+
+def test_a_generation_read_answers_only_requests_received_before_it_was_sent() -> None:
+    cache = ClientCache()
+    assert cache.generation_read_since(10.0) is None  # nothing read yet
+    cache.note_generation_read(10.0, "g1")
+    assert cache.generation_read_since(9.5) == "g1"
+    assert cache.generation_read_since(10.0) is None
+    assert cache.generation_read_since(10.5) is None
+    assert cache.generation_read_since(None) is None  # a request without its arrival time
+    cache.note_generation_read(9.0, "older")  # a slower thread's earlier read: not kept
+    assert cache.generation_read_since(9.5) == "g1"
+    cache.note_generation_read(11.0, "g2")
+    assert cache.generation_read_since(10.5) == "g2"
+
+
+@pytest.mark.parametrize("status_of", [token_status, introspection_status])
+def test_a_client_change_is_seen_by_every_request_received_after_it(
+    client: FlaskClient,
+    machine: MachineClient,
+    services: Any,
+    status_of: Callable[..., int],
+) -> None:
+    assert status_of(client, machine, time.monotonic()) == 200  # its read is now the newest
+    deactivate(services, machine.client_id)
+    services.store.bump_generation(CLIENTS_GENERATION)
+    assert status_of(client, machine, time.monotonic()) == 401
+
+
+@pytest.mark.parametrize("status_of", [token_status, introspection_status])
+def test_a_request_received_before_a_generation_read_uses_its_answer(
+    client: FlaskClient,
+    machine: MachineClient,
+    services: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    status_of: Callable[..., int],
+) -> None:
+    if not isinstance(services.store, RedisTokenStore):
+        pytest.skip("TEST_REDIS_URL not set (CI always sets it)")
+    arrived = time.monotonic()  # both requests arrive; the first one to run reads
+    assert status_of(client, machine, arrived) == 200
+    with round_trips(monkeypatch) as trips:
+        # Neither request reads anything else: the grant signs, a malformed token is not looked up.
+        assert status_of(client, machine, arrived) == 200
+        assert trips == []
+        assert status_of(client, machine) == 200  # no arrival time: it reads
+        assert len(trips) == 1
