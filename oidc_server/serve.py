@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import gc
 import importlib
 import json
 import logging
@@ -135,6 +136,11 @@ def rsgi_app() -> Any:
 
     settings = ServeSettings.from_env()
     app = create_app()
+    # What exists now (the code, the app, its pools) lives as long as the worker. Frozen, the
+    # collector's full passes no longer walk those ~127,000 objects (50-70 ms each), and so no
+    # longer write into the pages the worker shares with the main process: 13 MB less of
+    # each worker's own memory (PSS 67 -> 54 MB, docs/scaling.md, session 10).
+    gc.freeze()
     heartbeats = os.environ.get(_HEARTBEATS_ENV)
     return RSGIServer(
         app,

@@ -632,3 +632,26 @@ def test_workers_run_with_capped_malloc_arenas(tmp_path: Path, signing_key_file:
         assert all(heaps > 1 for heaps in _heaps_after_load(free))
     finally:
         stop(free)
+
+
+def test_the_production_adapter_freezes_what_the_worker_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Frozen objects are out of the collector's full passes, which stop the event loop.
+    import gc
+
+    from flask import Flask
+
+    from oidc_server import app as app_module
+    from oidc_server.serve import rsgi_app
+
+    built = Flask("bare")
+    monkeypatch.setattr(app_module, "create_app", lambda: built)
+    gc.unfreeze()
+    adapter = rsgi_app()
+    try:
+        assert gc.get_freeze_count() > 0
+        assert gc.is_tracked(built) and not any(o is built for o in gc.get_objects())
+    finally:
+        gc.unfreeze()
+        adapter.pool.shutdown()
