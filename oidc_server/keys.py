@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc.jwk import RSAKey
 
 KEY_SIZE = 2048
@@ -34,6 +35,9 @@ class SigningKey:
     created_at: int
     key: RSAKey
     path: Path
+    #: The same key as ``cryptography`` objects, for signing and verifying without joserfc.
+    private: rsa.RSAPrivateKey
+    public: rsa.RSAPublicKey
 
     def public_jwk(self) -> dict[str, Any]:
         jwk = self.key.as_dict(private=False)
@@ -49,8 +53,16 @@ def _load_cached(path: Path, mtime_ns: int) -> SigningKey:
     private = serialization.load_pem_private_key(
         path.read_bytes(), password=None, unsafe_skip_rsa_key_validation=True
     )
-    key = RSAKey.import_key(private)
-    return SigningKey(kid=kid, created_at=int(created_ns) // 10**9, key=key, path=path)
+    if not isinstance(private, rsa.RSAPrivateKey):
+        raise ValueError(f"{path} does not hold an RSA private key")
+    return SigningKey(
+        kid=kid,
+        created_at=int(created_ns) // 10**9,
+        key=RSAKey.import_key(private),
+        path=path,
+        private=private,
+        public=private.public_key(),
+    )
 
 
 def _load(path: Path) -> SigningKey:

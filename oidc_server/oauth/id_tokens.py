@@ -18,7 +18,7 @@ from joserfc.errors import JoseError
 
 from ..keys import KeyRing
 from ..models import User
-from ..tokens.access_tokens import _unverified_header
+from ..tokens.access_tokens import unverified_header
 
 #: How each sign-in method is named in ``amr`` (RFC 8176 §2; "fed" for a federated login).
 AMR = {"password": ["pwd"], "google": ["fed"], "yandex": ["fed"]}
@@ -92,7 +92,7 @@ class IdTokenIssuer:
         """Claims of an ID token we signed, expired or not (RP-Initiated Logout §2); else None."""
         if not isinstance(token, str) or token.count(".") != 2 or len(token) > 8192:
             return None
-        header = _unverified_header(token)
+        header = unverified_header(token)
         if header is None or header.get("alg") != "RS256" or not isinstance(header.get("kid"), str):
             return None
         key = self.keyring.find(header["kid"])

@@ -10,6 +10,8 @@ import time
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
 from flask.testing import FlaskClient
 from joserfc import jwt
 from joserfc.jwk import RSAKey
@@ -63,7 +65,20 @@ def forgeries(codec: AccessTokenCodec) -> dict[str, str]:
         return jwt.encode(header, {**claims, **changes}, key)
 
     our_key = codec.keyring.current.key
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    # A 256-byte signature leaves 4 unused bits in its last character: flip one.
+    respelt = sig[:-1] + alphabet[alphabet.index(sig[-1]) ^ 1]
+    standard = {"typ": "at+jwt", "alg": "RS256", "kid": kid}
     return {
+        "crit header": _sign_raw(
+            our_key, f"{segment({**standard, 'crit': ['ext'], 'ext': 1})}.{body}"
+        ),
+        "another header parameter": _sign_raw(
+            our_key, f"{segment({**standard, 'jku': 'https://evil.example'})}.{body}"
+        ),
+        "signature spelt another way": f"{head}.{body}.{respelt}",
+        "padded signature": f"{head}.{body}.{sig}==",
+        "payload not an object": _sign_raw(our_key, f"{head}.{b64(b'[1,2]')}"),
         "alg none": f"{segment({'typ': 'at+jwt', 'alg': 'none', 'kid': kid})}.{body}.",
         "HS256 keyed with our public key": f"{hs_header}.{hs_body}.{hs_sig}",
         "tampered payload": f"{head}.{segment({**claims, 'scope': 'roles:write'})}.{sig}",
@@ -80,6 +95,20 @@ def forgeries(codec: AccessTokenCodec) -> dict[str, str]:
         "truncated": good[:-10],
         "empty": "",
     }
+
+
+def _sign_raw(key: RSAKey, signing_input: str) -> str:
+    private = key.get_op_key("sign")
+    signature = private.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+    return f"{signing_input}.{b64(signature)}"
+
+
+def test_the_same_token_signed_by_joserfc_verifies(codec: AccessTokenCodec) -> None:
+    # Tokens issued before signing moved to cryptography (and by other JOSE libraries).
+    _, claims = codec.issue(subject="u1", client_id="app", scope="openid")
+    key = codec.keyring.current
+    token = jwt.encode({"typ": "at+jwt", "alg": "RS256", "kid": key.kid}, claims, key.key)
+    assert codec.verify(token) == claims
 
 
 def test_forged_tokens_are_refused_by_the_codec(codec: AccessTokenCodec) -> None:
