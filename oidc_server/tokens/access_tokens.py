@@ -135,20 +135,18 @@ class AccessTokenCodec:
         ):
             return None
         key = self.keyring.find(header["kid"])
+        # Both decoded before the signature is checked: that also proves the segments ASCII.
+        claims = _decode_json_object(payload)
         signature = _decode_segment(signature_segment)
-        if key is None or signature is None:
+        if key is None or claims is None or signature is None:
             return None
         try:
             key.public.verify(
-                signature,
-                f"{head}.{payload}".encode("ascii"),  # the segments' alphabet is ASCII
-                padding.PKCS1v15(),
-                hashes.SHA256(),
+                signature, f"{head}.{payload}".encode("ascii"), padding.PKCS1v15(), hashes.SHA256()
             )
         except InvalidSignature:
             return None
-        claims = _decode_json_object(payload)
-        return claims if claims is not None and self._claims_valid(claims) else None
+        return claims if self._claims_valid(claims) else None
 
     def _claims_valid(self, claims: dict[str, Any]) -> bool:
         now = self._clock()

@@ -78,6 +78,7 @@ def forgeries(codec: AccessTokenCodec) -> dict[str, str]:
         ),
         "signature spelt another way": f"{head}.{body}.{respelt}",
         "padded signature": f"{head}.{body}.{sig}==",
+        "letters beyond ASCII in the payload": f"{head}.{body[:-1]}é.{sig}",
         "payload not an object": _sign_raw(our_key, f"{head}.{b64(b'[1,2]')}"),
         "alg none": f"{segment({'typ': 'at+jwt', 'alg': 'none', 'kid': kid})}.{body}.",
         "HS256 keyed with our public key": f"{hs_header}.{hs_body}.{hs_sig}",
