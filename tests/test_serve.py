@@ -637,7 +637,8 @@ def test_workers_run_with_capped_malloc_arenas(tmp_path: Path, signing_key_file:
 def test_the_production_adapter_freezes_what_the_worker_built(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Frozen objects are out of the collector's full passes, which stop the event loop.
+    # Frozen objects are out of the collector's full passes, which would otherwise write into
+    # every page the worker shares with the main process.
     import gc
 
     from flask import Flask
