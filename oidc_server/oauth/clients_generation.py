@@ -35,16 +35,7 @@ def read_with_clients_generation(*reads: Reads[Any]) -> list[Any]:
     The generation is left out of the round trip when a read sent after the request arrived
     already answered it.
     """
-    svc = services()
-    generation = _generation_read_since_arrival()
-    if generation is not None:
-        answers = read_together(svc.redis, *reads)
-    else:
-        sent_at = time.monotonic()
-        generation, *answers = read_together(
-            svc.redis, svc.store.generation_reads(CLIENTS_GENERATION), *reads
-        )
-        svc.client_cache.note_generation_read(sent_at, generation)
+    generation, answers = _generation_and(reads)
     if has_request_context():
         request.environ[_ENVIRON_KEY] = generation
     return answers
@@ -53,16 +44,20 @@ def read_with_clients_generation(*reads: Reads[Any]) -> list[Any]:
 def clients_generation() -> str:
     """The generation read earlier in this request or since it arrived, else read now."""
     generation = request.environ.get(_ENVIRON_KEY) if has_request_context() else None
-    if generation is None:
-        generation = _generation_read_since_arrival()
-    if generation is None:
-        svc = services()
-        sent_at = time.monotonic()
-        generation = svc.store.get_generation(CLIENTS_GENERATION)
-        svc.client_cache.note_generation_read(sent_at, generation)
-    return generation
+    return generation if generation is not None else _generation_and(())[0]
 
 
-def _generation_read_since_arrival() -> str | None:
+def _generation_and(reads: tuple[Reads[Any], ...]) -> tuple[str, list[Any]]:
+    """The generation, from a read sent since the request arrived or with ``reads``; their
+    answers."""
+    svc = services()
     received_at = request.environ.get(RECEIVED_AT) if has_request_context() else None
-    return services().client_cache.generation_read_since(received_at)
+    generation = svc.client_cache.generation_read_since(received_at)
+    if generation is not None:
+        return generation, read_together(svc.redis, *reads)
+    sent_at = time.monotonic()
+    generation, *answers = read_together(
+        svc.redis, svc.store.generation_reads(CLIENTS_GENERATION), *reads
+    )
+    svc.client_cache.note_generation_read(sent_at, generation)
+    return generation, answers

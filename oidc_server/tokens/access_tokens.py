@@ -125,7 +125,7 @@ class AccessTokenCodec:
         if not isinstance(token, str) or token.count(".") != 2 or len(token) > 8192:
             return None
         head, payload, signature_segment = token.split(".")
-        header = unverified_header(token)
+        header = _decode_json_object(head)
         if (
             header is None
             or header.keys() != HEADER_PARAMETERS

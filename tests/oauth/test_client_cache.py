@@ -139,3 +139,25 @@ def test_a_request_received_before_a_generation_read_uses_its_answer(
         assert trips == []
         assert status_of(client, machine) == 200  # no arrival time: it reads
         assert len(trips) == 1
+
+
+def test_a_client_change_is_seen_by_an_introspection_that_reads_its_token(
+    client: FlaskClient, machine: MachineClient, services: Any
+) -> None:
+    # With the token's own reads to send, the generation rides with them unless already read.
+    token = client.post(
+        "/oauth/token", data={"grant_type": "client_credentials"}, headers=machine.basic
+    ).json["access_token"]
+
+    def introspect() -> Any:
+        return client.post(
+            "/oauth/introspect",
+            data={"token": token},
+            headers=machine.basic,
+            environ_base=_arrival(time.monotonic()),
+        )
+
+    assert introspect().json["active"] is True
+    deactivate(services, machine.client_id)
+    services.store.bump_generation(CLIENTS_GENERATION)
+    assert introspect().status_code == 401
