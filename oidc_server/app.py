@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Flask, Request
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -30,6 +32,12 @@ class LazyCookieSessions(SecureCookieSessionInterface):
         return super().open_session(app, request)
 
 
+def behind_trusted_proxy(wsgi_app: Any) -> ProxyFix:
+    """``wsgi_app`` seeing the client, scheme and host that one proxy hop forwarded
+    (``TRUST_PROXY_HEADERS``): the last value of each ``X-Forwarded-*`` header."""
+    return ProxyFix(wsgi_app, x_for=1, x_proto=1, x_host=1)
+
+
 def create_app(settings: Settings | None = None, store: TokenStore | None = None) -> Flask:
     """Build an app from ``settings`` (default: the environment). Creates the first key if none."""
     settings = settings or Settings.from_env()
@@ -42,7 +50,7 @@ def create_app(settings: Settings | None = None, store: TokenStore | None = None
         JSON_SORT_KEYS=False,
     )
     if settings.trust_proxy_headers:
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)  # type: ignore[method-assign]
+        app.wsgi_app = behind_trusted_proxy(app.wsgi_app)  # type: ignore[method-assign]
     observability.init_app(app)  # first, so its after_request hook sees the final response
 
     svc = Services.build(settings, store=store)

@@ -234,13 +234,26 @@ class ClientCache:
     ) -> RegisteredClient | None:
         now = time.monotonic()
         entry = self._entries.get(client_id)
-        if entry is not None and entry[0] == generation and now - entry[1] < self.max_age:
+        if entry is not None and self._current(entry, generation, now):
             return entry[2]
         client = load()
         if len(self._entries) >= self.max_entries:
             self._entries.clear()
         self._entries[client_id] = (generation, now, client)
         return client
+
+    def cached(self, generation: str, client_id: str) -> RegisteredClient | None:
+        """The client, if this worker holds a current copy of it; else None, loading nothing
+        (also when what it holds is that no such client exists)."""
+        entry = self._entries.get(client_id)
+        if entry is not None and self._current(entry, generation, time.monotonic()):
+            return entry[2]
+        return None
+
+    def _current(
+        self, entry: tuple[str, float, RegisteredClient | None], generation: str, now: float
+    ) -> bool:
+        return entry[0] == generation and now - entry[1] < self.max_age
 
 
 def find_client(session: Session, secret_key: str, client_id: str) -> RegisteredClient | None:

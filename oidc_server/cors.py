@@ -104,6 +104,11 @@ def _cors_headers(response: Response) -> Response:
     return response
 
 
+def enabled(app: Flask) -> bool:
+    """Whether ``app`` allows any origin (and so says ``Vary: Origin`` on every response)."""
+    return bool(app.extensions[_EXTENSION_KEY])
+
+
 def init_app(app: Flask) -> None:
     """Answer preflights and add CORS headers, if ``CORS_ORIGINS`` lists any origin."""
     origins = parse_origins(app.extensions["oidc"].settings.cors_origins)

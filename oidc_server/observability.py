@@ -18,7 +18,8 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
@@ -258,7 +259,7 @@ class RequestIdMiddleware:
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
-        request_id = sane_request_id(environ.get("HTTP_X_REQUEST_ID")) or uuid.uuid4().hex
+        request_id = request_id_for(environ.get("HTTP_X_REQUEST_ID"))
         environ[_ENVIRON_STARTED] = time.perf_counter()
 
         def _start_response(status: str, headers: list[tuple[str, str]], *exc_info: Any) -> Any:
@@ -268,33 +269,57 @@ class RequestIdMiddleware:
 
         # Flask handles the whole request inside this call (the body it returns is already
         # built), so every log line of the request is written while the id is set.
-        token = _request_id.set(request_id)
-        try:
+        with request_id_bound(request_id):
             return self.app(environ, _start_response)
-        finally:
-            _request_id.reset(token)
 
 
-def _record_request(response: Response) -> Response:
-    """Count the request, time it and write its access log line."""
-    started = request.environ.get(_ENVIRON_STARTED)
-    duration = time.perf_counter() - started if started is not None else 0.0
-    route = current_route()
-    method = request.method if request.method in _METHODS else "OTHER"
-    HTTP_REQUESTS.labels(method, route, str(response.status_code)).inc()
-    HTTP_LATENCY.labels(method, route).observe(duration)
-    # The path only: query strings can carry codes and tokens.
+def request_id_for(caller_value: str | None) -> str:
+    """The id of a request whose ``X-Request-ID`` header is ``caller_value``."""
+    return sane_request_id(caller_value) or uuid.uuid4().hex
+
+
+@contextmanager
+def request_id_bound(request_id: str) -> Iterator[None]:
+    """Every log line written in this block carries ``request_id``."""
+    token = _request_id.set(request_id)
+    try:
+        yield
+    finally:
+        _request_id.reset(token)
+
+
+def record_request(
+    method: str, route: str, status: int, duration: float, path: str, ip: str
+) -> None:
+    """Count a request, time it and write its access log line (``path`` without its query:
+    query strings can carry codes and tokens)."""
+    label = method if method in _METHODS else "OTHER"
+    HTTP_REQUESTS.labels(label, route, str(status)).inc()
+    HTTP_LATENCY.labels(label, route).observe(duration)
     access_log.log(
         logging.DEBUG if route in _QUIET_ROUTES else logging.INFO,
         "request",
         extra={
-            "method": request.method,
-            "path": request.path,
+            "method": method,
+            "path": path,
             "route": route,
-            "status": response.status_code,
+            "status": status,
             "duration_ms": round(duration * 1000, 2),
-            "ip": request.remote_addr or "",
+            "ip": ip,
         },
+    )
+
+
+def _record_request(response: Response) -> Response:
+    started = request.environ.get(_ENVIRON_STARTED)
+    duration = time.perf_counter() - started if started is not None else 0.0
+    record_request(
+        request.method,
+        current_route(),
+        response.status_code,
+        duration,
+        request.path,
+        request.remote_addr or "",
     )
     return response
 

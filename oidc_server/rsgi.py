@@ -29,6 +29,10 @@ other request threads contending to take the GIL back (docs/scaling.md, session 
 Everything that can wait on something slow (argon2id, PostgreSQL pages, another server) still
 runs in the pool, so the loop keeps reading and answering meanwhile.
 
+Before either, ``answers_first`` may answer a request without the app at all (for us,
+``oidc_server/oauth/direct_token.py``: plain ``client_credentials`` token requests); when it
+returns None, the app answers as above.
+
 Each request's environ carries the time it arrived (``RECEIVED_AT``, ``time.monotonic()`` when
 granian handed over its head), before any wait for its body or a thread: what the app may
 have read since then is current for it (``oidc_server/oauth/clients_generation.py``).
@@ -56,6 +60,8 @@ Headers = list[tuple[str, str]]
 Answer = tuple[int, Headers, bytes]
 #: ``(method, path, body) -> bool``: whether a request is answered on the event loop.
 LoopPredicate = Callable[[str, str, bytes], bool]
+#: ``(environ, body) -> answer or None``: a request answered before the app, on the event loop.
+FirstAnswer = Callable[[dict[str, Any], bytes], "Answer | None"]
 
 #: The environ key of the time a request arrived (``time.monotonic()``).
 RECEIVED_AT = "oidc_server.received_at"
@@ -158,9 +164,11 @@ class RSGIServer:
         on_loop_start: Callable[[asyncio.AbstractEventLoop], None] | None = None,
         on_abandoned: Callable[[], None] | None = None,
         runs_on_loop: LoopPredicate | None = None,
+        answers_first: FirstAnswer | None = None,
     ) -> None:
         self.app = app
         self.runs_on_loop = runs_on_loop
+        self.answers_first = answers_first
         self.max_body = max_body
         self.body_timeout = body_timeout
         self.on_loop_start = on_loop_start
@@ -195,10 +203,14 @@ class RSGIServer:
         else:
             environ = build_environ(scope, body)
             environ[RECEIVED_AT] = received_at
-            if self.runs_on_loop is not None and self.runs_on_loop(scope.method, scope.path, body):
-                answer = self._run_guarded(environ)
-            else:
-                answer = await self._run_in_pool(environ, protocol)
+            answer = self._answer_first(environ, body)
+            if answer is None:
+                if self.runs_on_loop is not None and self.runs_on_loop(
+                    scope.method, scope.path, body
+                ):
+                    answer = self._run_guarded(environ)
+                else:
+                    answer = await self._run_in_pool(environ, protocol)
             if answer is None:
                 log.info(
                     "client gone before its request ran; not run",
@@ -235,6 +247,17 @@ class RSGIServer:
         if gone is not None and gone.done():
             return None
         return self._run_guarded(environ)
+
+    def _answer_first(self, environ: dict[str, Any], body: bytes) -> Answer | None:
+        """``answers_first``'s answer, if it has one; on the event loop."""
+        if self.answers_first is None:
+            return None
+        try:
+            return self.answers_first(environ, body)
+        except Exception:
+            # A bug there must not cost the request its answer: the app gives it.
+            log.exception("answering before the app failed; the app answers")
+            return None
 
     def _run_guarded(self, environ: dict[str, Any]) -> Answer:
         try:

@@ -22,6 +22,9 @@ import re
 from urllib.parse import urlsplit
 
 from flask import Flask, Response, current_app, request
+from werkzeug.datastructures import Headers
+
+from .config import Settings
 
 NOSNIFF = "nosniff"
 NO_REFERRER = "no-referrer"
@@ -89,28 +92,43 @@ def docs_csp(page: bytes, assets_url: str) -> str:
 
 
 def _add_headers(response: Response) -> Response:
-    """Set the module's headers on ``response``; see the module docstring for each one."""
     app = current_app
-    settings = app.extensions["oidc"].settings
-    headers = response.headers
+    if (
+        "Content-Security-Policy" not in response.headers
+        and request.path == swagger_ui_path(app)
+        and response.mimetype == "text/html"
+    ):
+        assets = app.config.get("OPENAPI_SWAGGER_UI_URL") or ""
+        response.headers["Content-Security-Policy"] = docs_csp(response.get_data(), assets)
+    add_security_headers(
+        response.headers,
+        path=request.path,
+        is_secure=request.is_secure,
+        settings=app.extensions["oidc"].settings,
+    )
+    return response
+
+
+def add_security_headers(
+    headers: Headers, *, path: str, is_secure: bool, settings: Settings
+) -> None:
+    """Set the module's headers for a response to ``path``; see the module docstring for each.
+
+    ``is_secure``: the request came over TLS (as the app sees it, behind any trusted proxy).
+    """
     headers["X-Content-Type-Options"] = NOSNIFF
     headers["Referrer-Policy"] = NO_REFERRER
     headers["X-Frame-Options"] = FRAME_DENY
     if "Content-Security-Policy" not in headers:
-        if request.path == swagger_ui_path(app) and response.mimetype == "text/html":
-            assets = app.config.get("OPENAPI_SWAGGER_UI_URL") or ""
-            headers["Content-Security-Policy"] = docs_csp(response.get_data(), assets)
-        else:
-            headers["Content-Security-Policy"] = STRICT_CSP
-    behind_tls = request.is_secure or settings.oidc_issuer.startswith("https://")
+        headers["Content-Security-Policy"] = STRICT_CSP
+    behind_tls = is_secure or settings.oidc_issuer.startswith("https://")
     if settings.hsts_max_age > 0 and behind_tls:
         headers["Strict-Transport-Security"] = f"max-age={settings.hsts_max_age}; includeSubDomains"
-    if carries_tokens(request.path) or "Cache-Control" not in headers:
+    if carries_tokens(path) or "Cache-Control" not in headers:
         headers["Cache-Control"] = NO_STORE
     if headers.get("Cache-Control") == NO_STORE:
         # For HTTP/1.0 caches, which know no Cache-Control (RFC 6749 §5.1).
         headers["Pragma"] = "no-cache"
-    return response
 
 
 def init_app(app: Flask) -> None:

@@ -7,6 +7,7 @@ runs on SQLite and the in-process store (the embedded mode).
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import shutil
 import threading
@@ -31,6 +32,8 @@ from oidc_server.models import Base
 from oidc_server.tokens.memory_store import MemoryTokenStore
 from oidc_server.tokens.redis_store import RedisTokenStore
 from oidc_server.tokens.store import TokenStore
+
+from .support.observing import LogCapture
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "")
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "")
@@ -245,3 +248,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if skipped:
         print(f"\nFAIL: {skipped} tests were skipped; CI runs every test.")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture
+def logs(app: Flask) -> Iterator[LogCapture]:
+    """Everything logged through the root logger at INFO and above during the test."""
+    capture = LogCapture()
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(capture.handler)
+    root.setLevel(logging.INFO)
+    yield capture
+    root.removeHandler(capture.handler)
+    root.setLevel(level)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import os
 import re
@@ -21,57 +19,12 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 from oidc_server import observability
-from oidc_server.logs import JsonFormatter
 
 from .conftest import PASSWORD, bearer, password_login
+from .support.observing import LogCapture, metric, sample
 
 GENERATED_ID = re.compile(r"[0-9a-f]{32}")
 JWT = "eyJhbGciOiJSUzI1NiIsImtpZCI6ImsifQ.eyJzdWIiOiIxMjMiLCJleHAiOjF9.c2lnbmF0dXJlLWJ5dGVz"
-
-
-class LogCapture:
-    """JSON lines written through a handler set up as the app's own (filters included)."""
-
-    def __init__(self) -> None:
-        self.stream = io.StringIO()
-        self.handler = logging.StreamHandler(self.stream)
-        self.handler.setFormatter(JsonFormatter())
-        observability.install_log_filters([self.handler])
-
-    @property
-    def text(self) -> str:
-        return self.stream.getvalue()
-
-    def lines(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.text.splitlines() if line]
-
-
-@pytest.fixture
-def logs(app: Flask) -> Iterator[LogCapture]:
-    """Everything logged through the root logger at INFO and above during the test."""
-    capture = LogCapture()
-    root = logging.getLogger()
-    level = root.level
-    root.addHandler(capture.handler)
-    root.setLevel(logging.INFO)
-    yield capture
-    root.removeHandler(capture.handler)
-    root.setLevel(level)
-
-
-def metric(name: str, **labels: str) -> float:
-    """The current value of one sample of the default registry, read through /metrics' format."""
-    from prometheus_client import REGISTRY, generate_latest
-
-    return sample(generate_latest(REGISTRY).decode(), name, **labels)
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                return s.value
-    return 0.0
 
 
 # Request ids ------------------------------------------------------------------------------

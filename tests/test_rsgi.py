@@ -132,6 +132,58 @@ def test_a_failure_outside_the_apps_own_handling_is_a_json_500(on_loop: bool) ->
     assert b"server_error" in body and b"half" not in body
 
 
+def _answer_with(answers_first: Any) -> tuple[tuple[int, Any, bytes] | None, list[bytes]]:
+    """What the adapter answers to one request, and the bodies its app was called with."""
+    import asyncio
+
+    from oidc_server.rsgi import RSGIServer
+
+    called: list[bytes] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        called.append(environ["wsgi.input"].read())
+        start_response("200 OK", [("content-type", "text/plain")])
+        return [b"from the app"]
+
+    server = RSGIServer(
+        app, threads=1, max_body=1024, body_timeout=1.0, answers_first=answers_first
+    )
+    protocol = Protocol(b"the body")
+    asyncio.run(server.__rsgi__(Scope(Headers([("content-length", "8")])), protocol))
+    return protocol.answered, called
+
+
+def test_an_answer_given_first_is_sent_and_the_app_never_called() -> None:
+    seen: list[tuple[str, bytes]] = []
+
+    def first(environ: dict[str, Any], body: bytes) -> Any:
+        seen.append((environ["PATH_INFO"], body))
+        return 201, [("content-type", "text/plain")], b"given first"
+
+    answered, called = _answer_with(first)
+    assert answered == (201, [("content-type", "text/plain")], b"given first")
+    assert called == []
+    assert seen == [("/oauth/token", b"the body")]
+
+
+def test_without_an_answer_first_the_app_answers_with_the_whole_body() -> None:
+    answered, called = _answer_with(lambda environ, body: None)
+    assert answered is not None and answered[2] == b"from the app"
+    assert called == [b"the body"]
+
+
+def test_a_failure_answering_first_leaves_the_request_to_the_app(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(environ: dict[str, Any], body: bytes) -> Any:
+        raise RuntimeError("a bug")
+
+    answered, called = _answer_with(broken)
+    assert answered is not None and answered[2] == b"from the app"
+    assert called == [b"the body"]
+    assert "answering before the app failed" in caplog.text
+
+
 # Under granian --------------------------------------------------------------------------------
 
 

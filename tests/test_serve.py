@@ -8,6 +8,7 @@ and a size limit (``oidc_server/rsgi.py``), never in the one thread.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -18,12 +19,15 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
+from flask import Flask
 
+from oidc_server.app import create_app
 from oidc_server.serve import MAX_HEAD_BYTES, Watchdog
 
 from .support.server import COMMAND, ROOT, children, spawn_server
@@ -328,16 +332,17 @@ def test_metrics_are_written_to_the_configured_folder_and_served(server: Server)
     assert list(server.metrics.glob("*.db"))
 
 
-def test_requests_not_run_for_gone_clients_are_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_requests_not_run_for_gone_clients_are_counted(
+    monkeypatch: pytest.MonkeyPatch, app: Flask
+) -> None:
     # The adapter's part is tests/test_rsgi.py's; here, that the server wires it to the metric.
-    from flask import Flask
     from prometheus_client import generate_latest
 
     from oidc_server import app as app_module
     from oidc_server.observability import ABANDONED
     from oidc_server.serve import rsgi_app
 
-    monkeypatch.setattr(app_module, "create_app", lambda: Flask("bare"))
+    monkeypatch.setattr(app_module, "create_app", lambda: app)
     adapter = rsgi_app()
     try:
         before = ABANDONED._value.get()
@@ -346,29 +351,51 @@ def test_requests_not_run_for_gone_clients_are_counted(monkeypatch: pytest.Monke
         assert ABANDONED._value.get() == before + 1
         assert b"http_requests_abandoned_total" in generate_latest()
     finally:
+        gc.unfreeze()
         adapter.pool.shutdown()
 
 
 def test_the_production_adapter_answers_quick_requests_on_its_loop(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, app: Flask
 ) -> None:
     # Which requests are quick is tests/test_quick_requests.py's; here, that the server asks.
-    from flask import Flask
-
     from oidc_server import app as app_module
     from oidc_server.serve import rsgi_app
 
-    bare = Flask("bare")
-    bare.add_url_rule("/oauth/token", "oauth.token", methods=["POST"])
-    bare.add_url_rule("/api/v1/auth/login", "auth.login", methods=["POST"])
-    monkeypatch.setattr(app_module, "create_app", lambda: bare)
+    monkeypatch.setattr(app_module, "create_app", lambda: app)
     adapter = rsgi_app()
     try:
         assert adapter.runs_on_loop is not None
         assert adapter.runs_on_loop("POST", "/oauth/token", b"grant_type=client_credentials")
         assert not adapter.runs_on_loop("POST", "/api/v1/auth/login", b"")
     finally:
+        gc.unfreeze()
         adapter.pool.shutdown()
+
+
+@pytest.mark.parametrize("rate_limits", [False, True], ids=["limits off", "limits on"])
+def test_plain_client_credentials_are_answered_first_unless_rate_limits_are_on(
+    monkeypatch: pytest.MonkeyPatch, settings: Any, token_store: Any, rate_limits: bool
+) -> None:
+    # What the direct path answers is tests/oauth/test_direct_token.py's; here, that the
+    # server asks it first exactly when no rate limit has to count the request.
+    from oidc_server import app as app_module
+    from oidc_server.oauth.direct_token import DirectClientCredentials
+    from oidc_server.serve import rsgi_app
+
+    built = create_app(replace(settings, ratelimit_enabled=rate_limits), store=token_store)
+    monkeypatch.setattr(app_module, "create_app", lambda: built)
+    adapter = rsgi_app()
+    try:
+        if rate_limits:
+            assert adapter.answers_first is None
+        else:
+            assert isinstance(adapter.answers_first, DirectClientCredentials)
+            assert adapter.answers_first.svc is built.extensions["oidc"]
+    finally:
+        gc.unfreeze()
+        adapter.pool.shutdown()
+        built.extensions["oidc"].db.dispose()
 
 
 def test_the_servers_own_lines_are_json(server: Server) -> None:
@@ -635,18 +662,14 @@ def test_workers_run_with_capped_malloc_arenas(tmp_path: Path, signing_key_file:
 
 
 def test_the_production_adapter_freezes_what_the_worker_built(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, app: Flask
 ) -> None:
     # Frozen objects are out of the collector's full passes, which would otherwise write into
     # every page the worker shares with the main process.
-    import gc
-
-    from flask import Flask
-
     from oidc_server import app as app_module
     from oidc_server.serve import rsgi_app
 
-    built = Flask("bare")
+    built = app
     monkeypatch.setattr(app_module, "create_app", lambda: built)
     gc.unfreeze()
     adapter = rsgi_app()

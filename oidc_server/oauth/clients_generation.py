@@ -22,6 +22,7 @@ from flask import has_request_context, request
 from ..clients import CLIENTS_GENERATION
 from ..context import services
 from ..rsgi import RECEIVED_AT
+from ..services import Services
 from ..tokens.reads import Reads, read_together
 
 #: Where the generation read for a request is kept: its WSGI environ, which lives exactly as
@@ -35,7 +36,7 @@ def read_with_clients_generation(*reads: Reads[Any]) -> list[Any]:
     The generation is left out of the round trip when a read sent after the request arrived
     already answered it.
     """
-    generation, answers = _generation_and(reads)
+    generation, answers = generation_and(services(), _received_at(), reads)
     if has_request_context():
         request.environ[_ENVIRON_KEY] = generation
     return answers
@@ -44,14 +45,21 @@ def read_with_clients_generation(*reads: Reads[Any]) -> list[Any]:
 def clients_generation() -> str:
     """The generation read earlier in this request or since it arrived, else read now."""
     generation = request.environ.get(_ENVIRON_KEY) if has_request_context() else None
-    return generation if generation is not None else _generation_and(())[0]
+    return generation if generation is not None else generation_and(services(), _received_at())[0]
 
 
-def _generation_and(reads: tuple[Reads[Any], ...]) -> tuple[str, list[Any]]:
-    """The generation, from a read sent since the request arrived or with ``reads``; their
-    answers."""
-    svc = services()
-    received_at = request.environ.get(RECEIVED_AT) if has_request_context() else None
+def _received_at() -> float | None:
+    return request.environ.get(RECEIVED_AT) if has_request_context() else None
+
+
+def generation_and(
+    svc: Services, received_at: float | None, reads: tuple[Reads[Any], ...] = ()
+) -> tuple[str, list[Any]]:
+    """The generation, from a read sent since ``received_at`` or with ``reads``; their answers.
+
+    ``received_at`` is None for a request without the server's arrival stamp: it reads.
+    Raises ``StoreUnavailable`` when Redis cannot be reached.
+    """
     generation = svc.client_cache.generation_read_since(received_at)
     if generation is not None:
         return generation, read_together(svc.redis, *reads)

@@ -41,11 +41,14 @@ class AuthorizationServer(_AuthorizationServer):
 
 
 def _safe_client_secret_basic(query_client: Any, request: Any) -> RegisteredClient | None:
-    """Authlib's Basic parser, with undecodable credentials refused instead of crashing."""
+    """Authlib's Basic parser, with undecodable credentials refused instead of crashing:
+    401 and a challenge, as for any client that authenticated in the header (RFC 6749 §5.2)."""
     try:
         return authenticate_client_secret_basic(query_client, request)
     except (ValueError, UnicodeError):
-        raise InvalidClientError(description="Malformed client credentials.") from None
+        raise InvalidClientError(
+            description="Malformed client credentials.", status_code=401
+        ) from None
 
 
 def authorization_server() -> AuthorizationServer:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import secrets
 import threading
 import time
@@ -82,6 +83,17 @@ def test_wrong_secret_is_invalid_client(client: FlaskClient, machine: MachineCli
     wrong = MachineClient(machine.client_id, "not-the-secret")
     response = client.post(
         "/oauth/token", data={"grant_type": "client_credentials"}, headers=wrong.basic
+    )
+    token_error(response, 401, "invalid_client")
+    assert response.headers["WWW-Authenticate"].startswith("Basic")
+
+
+def test_basic_credentials_that_do_not_decode_are_invalid_client(client: FlaskClient) -> None:
+    not_utf8 = base64.b64encode(b"\xff\xfe:\xfd").decode()
+    response = client.post(
+        "/oauth/token",
+        data={"grant_type": "client_credentials"},
+        headers={"Authorization": "Basic " + not_utf8},
     )
     token_error(response, 401, "invalid_client")
     assert response.headers["WWW-Authenticate"].startswith("Basic")
