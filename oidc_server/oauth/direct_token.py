@@ -65,6 +65,8 @@ class DirectClientCredentials:
         #: Every header of the answer but its length and request id, by whether the request
         #: came over TLS: they depend on nothing else.
         self._headers = {secure: self._fixed_headers(secure) for secure in (False, True)}
+        self._count_token = observability.tokens_issued_counter(GRANT_TYPE)
+        self._recorder = observability.RequestRecorder("POST", TOKEN_PATH, 200)
         self._proxy_fix = (
             behind_trusted_proxy(lambda environ, start_response: ())
             if svc.settings.trust_proxy_headers
@@ -130,14 +132,9 @@ class DirectClientCredentials:
             (observability.REQUEST_ID_HEADER, request_id),
         ]
         with observability.request_id_bound(request_id):
-            observability.tokens_issued(GRANT_TYPE)
-            observability.record_request(
-                "POST",
-                TOKEN_PATH,
-                200,
-                time.perf_counter() - started,
-                TOKEN_PATH,
-                environ.get("REMOTE_ADDR") or "",
+            self._count_token()
+            self._recorder.record(
+                time.perf_counter() - started, TOKEN_PATH, environ.get("REMOTE_ADDR") or ""
             )
         return 200, headers, body
 

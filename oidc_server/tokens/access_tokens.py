@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import re
 import secrets
@@ -52,6 +53,12 @@ def _decode_segment(segment: str) -> bytes | None:
 
 def _json_segment(obj: dict[str, Any]) -> bytes:
     return _encode_segment(json.dumps(obj, separators=(",", ":")).encode())
+
+
+@functools.lru_cache(maxsize=16)
+def _header_segment(kid: str) -> bytes:
+    """The encoded header of every access token signed with key ``kid``."""
+    return _json_segment({"alg": "RS256", "typ": ACCESS_TOKEN_TYP, "kid": kid})
 
 
 def _decode_json_object(segment: str) -> dict[str, Any] | None:
@@ -115,8 +122,7 @@ class AccessTokenCodec:
         if auth_time is not None:
             claims["auth_time"] = auth_time
         key = self.keyring.current
-        header = {"alg": "RS256", "typ": ACCESS_TOKEN_TYP, "kid": key.kid}
-        signing_input = _json_segment(header) + b"." + _json_segment(claims)
+        signing_input = _header_segment(key.kid) + b"." + _json_segment(claims)
         signature = key.private.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
         return (signing_input + b"." + _encode_segment(signature)).decode("ascii"), claims
 
