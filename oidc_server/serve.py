@@ -130,7 +130,7 @@ class ServeSettings:
 def rsgi_app() -> Any:
     """The factory granian calls in each worker: the Flask app behind the RSGI adapter."""
     from .app import create_app
-    from .oauth.direct_token import DirectClientCredentials
+    from .direct import answerer_for
     from .observability import ABANDONED
     from .quick_requests import QuickRequests
     from .rsgi import RSGIServer
@@ -151,7 +151,7 @@ def rsgi_app() -> Any:
         on_loop_start=_heartbeat(Path(heartbeats)) if heartbeats else None,
         on_abandoned=ABANDONED.inc,
         runs_on_loop=QuickRequests(app.url_map),
-        answers_first=DirectClientCredentials.for_app(app),
+        answers_first=answerer_for(app),
     )
 
 

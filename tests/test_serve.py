@@ -374,24 +374,27 @@ def test_the_production_adapter_answers_quick_requests_on_its_loop(
 
 
 @pytest.mark.parametrize("rate_limits", [False, True], ids=["limits off", "limits on"])
-def test_plain_client_credentials_are_answered_first_unless_rate_limits_are_on(
+def test_the_production_adapter_asks_the_direct_answers_first(
     monkeypatch: pytest.MonkeyPatch, settings: Any, token_store: Any, rate_limits: bool
 ) -> None:
-    # What the direct path answers is tests/oauth/test_direct_token.py's; here, that the
-    # server asks it first exactly when no rate limit has to count the request.
+    # What each direct path answers is tests/direct's; here, that the server asks them first:
+    # the token only when no rate limit has to count the request, the role check (exempt
+    # from rate limits) always.
     from oidc_server import app as app_module
-    from oidc_server.oauth.direct_token import DirectClientCredentials
+    from oidc_server.direct import DirectAnswers, DirectClientCredentials, DirectRoleCheck
     from oidc_server.serve import rsgi_app
 
     built = create_app(replace(settings, ratelimit_enabled=rate_limits), store=token_store)
     monkeypatch.setattr(app_module, "create_app", lambda: built)
     adapter = rsgi_app()
     try:
+        assert isinstance(adapter.answers_first, DirectAnswers)
+        kinds = [type(answerer) for answerer in adapter.answers_first.answerers]
         if rate_limits:
-            assert adapter.answers_first is None
+            assert kinds == [DirectRoleCheck]
         else:
-            assert isinstance(adapter.answers_first, DirectClientCredentials)
-            assert adapter.answers_first.svc is built.extensions["oidc"]
+            assert kinds == [DirectClientCredentials, DirectRoleCheck]
+        assert all(a.svc is built.extensions["oidc"] for a in adapter.answers_first.answerers)
     finally:
         gc.unfreeze()
         adapter.pool.shutdown()

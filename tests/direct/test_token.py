@@ -1,4 +1,4 @@
-"""Plain ``client_credentials`` requests answered before Flask (oidc_server/oauth/direct_token.py):
+"""Plain ``client_credentials`` requests answered before Flask (oidc_server/direct/token.py):
 the same answer the app gives, and no answer at all for anything else, which the app then gives.
 """
 
@@ -20,14 +20,15 @@ from flask import Flask
 
 from oidc_server.app import create_app
 from oidc_server.clients import CLIENTS_GENERATION
+from oidc_server.direct.token import DirectClientCredentials
 from oidc_server.models import OAuthClient
-from oidc_server.oauth.direct_token import DirectClientCredentials
 from oidc_server.rsgi import RECEIVED_AT, Answer, build_environ, run_wsgi
 from oidc_server.tokens.redis_store import RedisTokenStore
 from oidc_server.tokens.store import TokenStore
 from tests.conftest import MachineClient, make_client
 from tests.support.cli import settings_env
 from tests.support.observing import LogCapture, metric
+from tests.support.roles import role_id
 from tests.support.rsgi_fakes import Headers, Scope
 from tests.support.server import spawn_server
 from tests.support.waiting import free_port, wait_for
@@ -372,9 +373,10 @@ def test_not_used_while_rate_limits_are_on(app_with: Callable[..., Flask]) -> No
 # Through the production server, over HTTP ------------------------------------------------
 
 
-def test_the_production_server_issues_tokens_that_verify_and_refuses_a_changed_client(
-    app: Flask, services: Any, settings: Any, tmp_path: Path
+def test_the_production_server_issues_tokens_checks_roles_and_refuses_a_changed_client(
+    app: Flask, services: Any, settings: Any, tmp_path: Path, user: Any
 ) -> None:
+    # Both direct answers (tokens and role checks) and the app behind them, over real HTTP.
     if not isinstance(services.store, RedisTokenStore):
         pytest.skip("TEST_REDIS_URL not set (CI always sets it)")
     machine = make_client(services)
@@ -430,6 +432,18 @@ def test_the_production_server_issues_tokens_that_verify_and_refuses_a_changed_c
                 auth=(machine.client_id, "not-the-secret"),
             )
             assert wrong.status_code == 401 and wrong.json()["error"] == "invalid_client"
+
+            bearer = {"Authorization": f"Bearer {answers[0].json()['access_token']}"}
+            role = role_id(services, "moderator")
+            check = f"{base}/api/v1/users/{user.id}/roles/{role}"
+            held = []
+            for change in (requests.post, None, requests.delete, None):
+                if change is not None:
+                    assert change(check, headers=bearer, timeout=10).status_code in (201, 204)
+                held += [requests.head(check, headers=bearer, timeout=10) for _ in range(3)]
+            statuses = [answer.status_code for answer in held]
+            assert statuses == [200] * 6 + [404] * 3 + [404] * 3
+            assert all(answer.headers["Content-Length"] == "0" for answer in held)
 
             with services.db.session() as session:
                 row = session.query(OAuthClient).filter_by(client_id=machine.client_id).one()

@@ -1,9 +1,8 @@
-"""``client_credentials`` tokens answered by the production server before Flask sees the request.
+"""``client_credentials`` tokens answered before Flask (see ``oidc_server/direct``).
 
-Machine clients ask for tokens more often than anything else asks for anything, and through
-Flask and Authlib a token cost about three times its RS256 signature, the floor of its cost
-(docs/scaling.md: 0.80 ms of CPU per token where signing takes 0.27). This answers the one
-request shape that is nearly all of that traffic:
+Through Flask and Authlib a token cost about three times its RS256 signature, the floor of
+its cost (docs/scaling.md). This answers the one request shape that is nearly all of that
+traffic:
 
     POST /oauth/token, no query string, no Origin
     Content-Type: application/x-www-form-urlencoded
@@ -11,16 +10,12 @@ request shape that is nearly all of that traffic:
     grant_type=client_credentials[&scope=...]
 
 with the calls the grant itself makes (the clients' generation and the worker's client cache,
-``RegisteredClient``'s checks, ``TokenService.issue_client_token``) and the same answer: body,
-headers (``security_headers.add_security_headers``, ``X-Request-ID``), metrics and access log
-line (``observability``).
+``RegisteredClient``'s checks, ``TokenService.issue_client_token``) and the app's answer.
 
 It answers only when the answer is a token. Anything else (another grant or authentication
 method, a parameter beyond those two, a client this worker has not cached, a wrong secret, a
-scope the client may not have, Redis unreachable) makes it return None, and the request goes
-on to Flask, which answers it as it always has. So every error answer, and every case but
-the one above, stays in one place: Authlib's grant (``oauth/grants.py``). A client is cached
-by the first request Flask answers for it.
+scope the client may not have, Redis unreachable) makes it return None, and Authlib's grant
+(``oauth/grants.py``) answers. A client is cached by the first request the app answers for it.
 
 Not used while rate limits are on: flask-limiter counts ``/oauth/token`` per client address in
 its own keys, which only its hooks maintain.
@@ -37,16 +32,14 @@ from urllib.parse import parse_qsl
 from authlib.common.security import is_secure_transport
 from authlib.oauth2.rfc6749.util import extract_basic_authorization
 from flask import Flask
-from werkzeug.datastructures import Headers
 
 from .. import cors, observability
-from ..app import behind_trusted_proxy
+from ..oauth.clients_generation import generation_and
+from ..oauth.grants import ClientCredentialsGrant
 from ..rsgi import RECEIVED_AT, Answer
-from ..security_headers import add_security_headers
 from ..services import Services
 from ..tokens.store import StoreUnavailable
-from .clients_generation import generation_and
-from .grants import ClientCredentialsGrant
+from .answers import AnswerShape, ProxiedView
 
 TOKEN_PATH = "/oauth/token"
 GRANT_TYPE = ClientCredentialsGrant.GRANT_TYPE
@@ -60,18 +53,17 @@ class DirectClientCredentials:
 
     def __init__(self, svc: Services, *, vary_origin: bool) -> None:
         self.svc = svc
-        #: CORS is on: every answer says ``Vary: Origin`` (``cors._cors_headers``).
-        self.vary_origin = vary_origin
-        #: Every header of the answer but its length and request id, by whether the request
-        #: came over TLS: they depend on nothing else.
-        self._headers = {secure: self._fixed_headers(secure) for secure in (False, True)}
-        self._count_token = observability.tokens_issued_counter(GRANT_TYPE)
-        self._recorder = observability.RequestRecorder("POST", TOKEN_PATH, 200)
-        self._proxy_fix = (
-            behind_trusted_proxy(lambda environ, start_response: ())
-            if svc.settings.trust_proxy_headers
-            else None
+        self._seen = ProxiedView(svc)
+        self._shape = AnswerShape(
+            svc,
+            method="POST",
+            route=TOKEN_PATH,
+            path_like=TOKEN_PATH,
+            status=200,
+            headers=ClientCredentialsGrant.TOKEN_RESPONSE_HEADER,
+            vary_origin=vary_origin,
         )
+        self._count_token = observability.tokens_issued_counter(GRANT_TYPE)
 
     @classmethod
     def for_app(cls, app: Flask) -> DirectClientCredentials | None:
@@ -90,9 +82,7 @@ class DirectClientCredentials:
         if asked is None or credentials is None:
             return None
         scope, (client_id, secret) = asked[0], credentials
-        if self._proxy_fix is not None:
-            environ = dict(environ)  # the app gets the request as it came
-            self._proxy_fix(environ, None)
+        environ = self._seen(environ)
         host = environ.get("HTTP_HOST") or environ["SERVER_NAME"]
         if not _secure_transport(environ["wsgi.url_scheme"], host):
             return None  # Authlib's insecure_transport answer
@@ -111,32 +101,8 @@ class DirectClientCredentials:
             return None
         granted = client.get_allowed_scope(scope)
         payload = json.dumps(self.svc.tokens.issue_client_token(client.client_id, granted))
-        return self._answer(environ, payload.encode(), started)
-
-    def _fixed_headers(self, is_secure: bool) -> list[tuple[str, str]]:
-        """The headers Authlib and the app's hooks give a token response (``oauth/grants.py``),
-        but for ``Content-Length`` and ``X-Request-ID``."""
-        headers = Headers(ClientCredentialsGrant.TOKEN_RESPONSE_HEADER)
-        add_security_headers(
-            headers, path=TOKEN_PATH, is_secure=is_secure, settings=self.svc.settings
-        )
-        if self.vary_origin:
-            headers["Vary"] = "Origin"
-        return headers.to_wsgi_list()
-
-    def _answer(self, environ: dict[str, Any], body: bytes, started: float) -> Answer:
-        request_id = observability.request_id_for(environ.get("HTTP_X_REQUEST_ID"))
-        headers = [
-            *self._headers[environ["wsgi.url_scheme"] == "https"],
-            ("Content-Length", str(len(body))),
-            (observability.REQUEST_ID_HEADER, request_id),
-        ]
-        with observability.request_id_bound(request_id):
-            self._count_token()
-            self._recorder.record(
-                time.perf_counter() - started, TOKEN_PATH, environ.get("REMOTE_ADDR") or ""
-            )
-        return 200, headers, body
+        self._count_token()
+        return self._shape.answer(environ, payload.encode(), started)
 
 
 @lru_cache(maxsize=64)

@@ -1,0 +1,95 @@
+"""What every direct answer shares with the app's: headers, request id, metrics, access line."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from werkzeug.datastructures import Headers
+
+from .. import observability
+from ..app import behind_trusted_proxy
+from ..rsgi import Answer
+from ..security_headers import add_security_headers
+from ..services import Services
+
+
+class AnswerShape:
+    """The answers of one route with one status, as the app's hooks shape them.
+
+    ``headers`` are the view's own (say Authlib's ``Content-Type`` and ``Cache-Control``);
+    the security headers (``security_headers.add_security_headers``), ``Vary: Origin`` when
+    CORS is on, ``Content-Length`` and ``X-Request-ID`` are added as the app adds them, and
+    the answer is counted, timed and logged (``observability``) as the app's would be.
+    ``path_like`` stands for every path of the route: the security headers depend on the path
+    only through ``security_headers.carries_tokens``, the same for all of a route's paths.
+    """
+
+    def __init__(
+        self,
+        svc: Services,
+        *,
+        method: str,
+        route: str,
+        path_like: str,
+        status: int,
+        headers: list[tuple[str, str]],
+        vary_origin: bool,
+    ) -> None:
+        self.status = status
+        self._recorder = observability.RequestRecorder(method, route, status)
+        # By whether the request came over TLS: nothing else changes them.
+        self._headers = {
+            secure: self._fixed(svc, path_like, headers, secure, vary_origin)
+            for secure in (False, True)
+        }
+
+    @staticmethod
+    def _fixed(
+        svc: Services,
+        path: str,
+        headers: list[tuple[str, str]],
+        is_secure: bool,
+        vary_origin: bool,
+    ) -> list[tuple[str, str]]:
+        made = Headers(headers)
+        add_security_headers(made, path=path, is_secure=is_secure, settings=svc.settings)
+        if vary_origin:
+            made["Vary"] = "Origin"  # cors._cors_headers, for a request without an Origin
+        return made.to_wsgi_list()
+
+    def answer(self, environ: dict[str, Any], body: bytes, started: float) -> Answer:
+        """The answer with ``body`` to the request of ``environ``, which arrived at ``started``
+        (``time.perf_counter``); counted and logged."""
+        request_id = observability.request_id_for(environ.get("HTTP_X_REQUEST_ID"))
+        headers = [
+            *self._headers[environ["wsgi.url_scheme"] == "https"],
+            ("Content-Length", str(len(body))),
+            (observability.REQUEST_ID_HEADER, request_id),
+        ]
+        with observability.request_id_bound(request_id):
+            self._recorder.record(
+                time.perf_counter() - started,
+                environ["PATH_INFO"],
+                environ.get("REMOTE_ADDR") or "",
+            )
+        return self.status, headers, body
+
+
+class ProxiedView:
+    """The environ as the app sees it behind ``TRUST_PROXY_HEADERS`` (client address and
+    scheme from one proxy hop); the environ itself, unchanged, when the setting is off."""
+
+    def __init__(self, svc: Services) -> None:
+        self._proxy_fix = (
+            behind_trusted_proxy(lambda environ, start_response: ())
+            if svc.settings.trust_proxy_headers
+            else None
+        )
+
+    def __call__(self, environ: dict[str, Any]) -> dict[str, Any]:
+        if self._proxy_fix is None:
+            return environ
+        seen = dict(environ)  # the app still gets the request as it came
+        self._proxy_fix(seen, None)
+        return seen

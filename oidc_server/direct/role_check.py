@@ -1,0 +1,127 @@
+"""The role check answered before Flask (see ``oidc_server/direct``).
+
+``HEAD /api/v1/users/<user id>/roles/<role id>`` is what other services ask most: does this
+user hold this role? Through Flask its answer cost as much CPU as signing a token
+(docs/scaling.md, session 11). This answers it with the calls the view
+(``api/roles.check_user_role``) makes: the machine token verified
+(``TokenService.decode_access_token``), its revocation and the cached answer read in one Redis
+round trip (the store's ``access_token_reads``, ``RoleCache.lookup_reads``), and the app's
+answer: 200 when the user holds the role, 404 when not, no body either way.
+
+It answers only when the answer is 200 or 404 and the cache holds it. Anything else (no,
+a malformed, an expired, a revoked or a user's token; a token without ``roles:read``; a
+query string or an ``Origin``; a cache miss, which needs PostgreSQL; Redis unreachable) makes
+it return None, and the view answers.
+
+The route is exempt from rate limits, so this is used with them on as well.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from flask import Flask
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import MapAdapter
+
+from .. import cors
+from ..api.roles import READ
+from ..roles import Miss
+from ..rsgi import Answer
+from ..services import Services
+from ..tokens.reads import read_together
+from ..tokens.store import StoreUnavailable
+from .answers import AnswerShape, ProxiedView
+
+ENDPOINT = "roles.check_user_role"
+
+
+class DirectRoleCheck:
+    """``(environ, body) -> answer or None``: 200 or 404 for a plain role check (see the
+    module docstring), or None to let the app answer the request."""
+
+    def __init__(self, svc: Services, urls: MapAdapter, route: str, *, vary_origin: bool) -> None:
+        self.svc = svc
+        #: The app's own routing: a path is a role check exactly when the app says so.
+        self.urls = urls
+        self._seen = ProxiedView(svc)
+        example = route.replace("<uuid:user_id>", str(uuid.UUID(int=1))).replace(
+            "<uuid:role_id>", str(uuid.UUID(int=2))
+        )
+
+        def shape(status: int, headers: list[tuple[str, str]]) -> AnswerShape:
+            return AnswerShape(
+                svc,
+                method="HEAD",
+                route=route,
+                path_like=example,
+                status=status,
+                headers=headers,
+                vary_origin=vary_origin,
+            )
+
+        # As the view answers: no Content-Type when held; the JSON error's when not.
+        self._held = shape(200, [])
+        self._not_held = shape(404, [("Content-Type", "application/json")])
+
+    @classmethod
+    def for_app(cls, app: Flask) -> DirectRoleCheck:
+        [rule] = [rule for rule in app.url_map.iter_rules() if rule.endpoint == ENDPOINT]
+        return cls(
+            app.extensions["oidc"],
+            app.url_map.bind("localhost"),  # the map matches no hosts: any name will do
+            rule.rule,
+            vary_origin=cors.enabled(app),
+        )
+
+    def __call__(self, environ: dict[str, Any], body: bytes) -> Answer | None:
+        started = time.perf_counter()
+        if (
+            environ["REQUEST_METHOD"] != "HEAD"
+            or environ.get("QUERY_STRING")
+            or "HTTP_ORIGIN" in environ  # a browser's: CORS decides its headers
+            or not environ["PATH_INFO"].startswith("/api/v1/users/")
+        ):
+            return None
+        try:
+            endpoint, args = self.urls.match(environ["PATH_INFO"], "HEAD")
+        except HTTPException:  # another route, or a redirect
+            return None
+        if endpoint != ENDPOINT:
+            return None
+        claims = self._machine_token(environ.get("HTTP_AUTHORIZATION"))
+        if claims is None:
+            return None
+        user_id, role_id = args["user_id"], args["role_id"]
+        svc = self.svc
+        try:
+            active, held = read_together(
+                svc.redis,
+                svc.store.access_token_reads(claims["jti"], None),
+                svc.role_checker.cache.lookup_reads(user_id, role_id),
+            )
+        except StoreUnavailable:
+            return None
+        if not active or isinstance(held, Miss):
+            return None
+        shape = self._held if held else self._not_held
+        return shape.answer(self._seen(environ), b"", started)
+
+    def _machine_token(self, authorization: str | None) -> dict[str, Any] | None:
+        """The claims of a current machine token with ``roles:read``, as Authlib's bearer
+        parsing and the view's checks accept it; else None."""
+        if not authorization:
+            return None
+        parts = authorization.split(None, 1)
+        if len(parts) != 2 or parts[0].lower() != "bearer":
+            return None
+        claims = self.svc.tokens.decode_access_token(parts[1])  # None once expired
+        if (
+            claims is None
+            or "sid" in claims  # a user's token: the view refuses it
+            or READ not in str(claims.get("scope", "")).split()
+        ):
+            return None
+        return claims
