@@ -381,7 +381,12 @@ def test_the_production_adapter_asks_the_direct_answers_first(
     # the token only when no rate limit has to count the request, the role check (exempt
     # from rate limits) always.
     from oidc_server import app as app_module
-    from oidc_server.direct import DirectAnswers, DirectClientCredentials, DirectRoleCheck
+    from oidc_server.direct import (
+        DirectAnswers,
+        DirectClientCredentials,
+        DirectIntrospection,
+        DirectRoleCheck,
+    )
     from oidc_server.serve import rsgi_app
 
     built = create_app(replace(settings, ratelimit_enabled=rate_limits), store=token_store)
@@ -393,7 +398,7 @@ def test_the_production_adapter_asks_the_direct_answers_first(
         if rate_limits:
             assert kinds == [DirectRoleCheck]
         else:
-            assert kinds == [DirectClientCredentials, DirectRoleCheck]
+            assert kinds == [DirectClientCredentials, DirectRoleCheck, DirectIntrospection]
         assert all(a.svc is built.extensions["oidc"] for a in adapter.answers_first.answerers)
     finally:
         gc.unfreeze()

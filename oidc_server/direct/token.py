@@ -25,12 +25,8 @@ from __future__ import annotations
 
 import json
 import time
-from functools import lru_cache
 from typing import Any
-from urllib.parse import parse_qsl
 
-from authlib.common.security import is_secure_transport
-from authlib.oauth2.rfc6749.util import extract_basic_authorization
 from flask import Flask
 
 from .. import cors, observability
@@ -40,11 +36,13 @@ from ..rsgi import RECEIVED_AT, Answer
 from ..services import Services
 from ..tokens.store import StoreUnavailable
 from .answers import AnswerShape, ProxiedView
+from .requests import basic_credentials, plain_form, plain_form_post, secure_transport
 
 TOKEN_PATH = "/oauth/token"
 GRANT_TYPE = ClientCredentialsGrant.GRANT_TYPE
 AUTH_METHOD = "client_secret_basic"
-FORM_TYPE = "application/x-www-form-urlencoded"
+#: The fields of a plain request: the grant, and the scope if any.
+FIELDS = frozenset({"grant_type", "scope"})
 
 
 class DirectClientCredentials:
@@ -75,17 +73,16 @@ class DirectClientCredentials:
 
     def __call__(self, environ: dict[str, Any], body: bytes) -> Answer | None:
         started = time.perf_counter()
-        if not _plain_token_request(environ):
+        if not plain_form_post(environ, TOKEN_PATH):
             return None
-        asked = _requested_scope(body)
-        credentials = _basic_credentials(environ.get("HTTP_AUTHORIZATION"))
-        if asked is None or credentials is None:
+        form = plain_form(body, FIELDS)
+        credentials = basic_credentials(environ.get("HTTP_AUTHORIZATION"))
+        if form is None or form.get("grant_type") != GRANT_TYPE or credentials is None:
             return None
-        scope, (client_id, secret) = asked[0], credentials
+        scope, (client_id, secret) = form.get("scope"), credentials
         environ = self._seen(environ)
-        host = environ.get("HTTP_HOST") or environ["SERVER_NAME"]
-        if not _secure_transport(environ["wsgi.url_scheme"], host):
-            return None  # Authlib's insecure_transport answer
+        if not secure_transport(environ):
+            return None
         try:
             generation, _ = generation_and(self.svc, environ.get(RECEIVED_AT))
         except StoreUnavailable:
@@ -103,50 +100,3 @@ class DirectClientCredentials:
         payload = json.dumps(self.svc.tokens.issue_client_token(client.client_id, granted))
         self._count_token()
         return self._shape.answer(environ, payload.encode(), started)
-
-
-@lru_cache(maxsize=64)
-def _secure_transport(scheme: str, host: str) -> bool:
-    """Authlib's check of the request's URL (https, or http on loopback), which depends on
-    nothing else; cached, as parsing an address costs more than the rest of a request."""
-    return is_secure_transport(f"{scheme}://{host}{TOKEN_PATH}")
-
-
-def _plain_token_request(environ: dict[str, Any]) -> bool:
-    return (
-        environ["REQUEST_METHOD"] == "POST"
-        and environ["PATH_INFO"] == TOKEN_PATH
-        and not environ.get("QUERY_STRING")  # Authlib reads parameters from the query too
-        and "HTTP_ORIGIN" not in environ  # a browser's: CORS decides its headers
-        and environ.get("CONTENT_TYPE", "").strip().lower() == FORM_TYPE
-    )
-
-
-def _requested_scope(body: bytes) -> tuple[str | None] | None:
-    """``(scope or None,)`` if the form is ``grant_type=client_credentials`` and at most one
-    ``scope``, each once; None for any other form."""
-    try:
-        pairs = parse_qsl(
-            body.decode("utf-8"), keep_blank_values=True, strict_parsing=True, errors="strict"
-        )
-    except (UnicodeDecodeError, ValueError):
-        return None
-    form = dict(pairs)
-    if len(form) != len(pairs) or form.get("grant_type") != GRANT_TYPE:
-        return None
-    if not set(form) <= {"grant_type", "scope"}:
-        return None
-    return (form.get("scope"),)
-
-
-def _basic_credentials(authorization: str | None) -> tuple[str, str] | None:
-    """Client id and secret from ``Authorization: Basic``, parsed as Authlib parses them."""
-    if not authorization:
-        return None
-    try:
-        client_id, secret = extract_basic_authorization({"Authorization": authorization})
-    except (ValueError, UnicodeError):
-        return None
-    if not client_id or not secret:
-        return None
-    return client_id, secret

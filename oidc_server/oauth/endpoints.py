@@ -159,20 +159,31 @@ class IntrospectionEndpoint(_IntrospectionEndpoint):
         return bool(client.is_confidential)
 
     def introspect_token(self, token: FoundToken) -> dict[str, Any]:
-        claims = token.claims
-        body: dict[str, Any] = {
-            "active": True,
-            "token_type": "Bearer" if token.kind == "access_token" else "refresh_token",
-            "iss": services().settings.oidc_issuer,
-            **{k: v for k, v in claims.items() if k != "roles"},
-        }
-        if "sid" in claims:
-            # Roles as they are now, not as they were when the token was issued.
+        card = None
+        if "sid" in token.claims:
             card = read_card(
-                db_session(), services().role_cache, claims["sub"], looked_up=token.card
+                db_session(), services().role_cache, token.claims["sub"], looked_up=token.card
             )
-            if card is None:
-                return {"active": False}
-            body["roles"] = list(card.roles)
-            body["username"] = card.login
-        return body
+        return introspection_payload(
+            services().settings.oidc_issuer, token.kind, token.claims, card
+        )
+
+
+def introspection_payload(
+    issuer: str, kind: str, claims: dict[str, Any], card: AccountCard | None
+) -> dict[str, Any]:
+    """RFC 7662 §2.2: what an active token of ``kind`` says of itself. A user's token carries
+    its user's roles as they are now (``card``), not as they were when it was issued; without
+    a card (the user is gone or disabled) it is not active."""
+    body: dict[str, Any] = {
+        "active": True,
+        "token_type": "Bearer" if kind == "access_token" else "refresh_token",
+        "iss": issuer,
+        **{k: v for k, v in claims.items() if k != "roles"},
+    }
+    if "sid" in claims:
+        if card is None:
+            return {"active": False}
+        body["roles"] = list(card.roles)
+        body["username"] = card.login
+    return body

@@ -20,6 +20,7 @@ from authlib.oauth2.rfc6750 import BearerTokenValidator, InvalidTokenError
 
 from ..context import services
 from ..roles import AccountCard, Miss
+from ..services import Services
 from ..tokens.reads import Reads, read_together
 
 
@@ -77,11 +78,14 @@ class BearerCheck:
     """What checking a well-signed token asks of Redis, and the token made of the answers.
 
     Separate from ``verify_bearer_token`` for callers that send these reads with their own
-    (introspection sends them with the clients' generation).
+    (introspection sends them with the clients' generation). ``svc``: the app's services, for
+    a caller outside a request (``oidc_server/direct``).
     """
 
-    def __init__(self, claims: dict[str, Any], also: Reads[Any] | None = None) -> None:
-        svc = services()
+    def __init__(
+        self, claims: dict[str, Any], also: Reads[Any] | None = None, svc: Services | None = None
+    ) -> None:
+        svc = svc or services()
         self.claims = claims
         self.user_id = _user_id(claims) if "sid" in claims else None
         self.has_also = also is not None

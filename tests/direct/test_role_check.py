@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -13,13 +13,11 @@ import pytest
 import redis
 from flask import Flask
 
-from oidc_server.app import create_app
 from oidc_server.direct.role_check import DirectRoleCheck
 from oidc_server.models import User
 from oidc_server.rsgi import Answer, build_environ, run_wsgi
 from oidc_server.tokens.access_tokens import AccessTokenCodec
 from oidc_server.tokens.redis_store import RedisTokenStore
-from oidc_server.tokens.store import TokenStore
 from tests.conftest import PASSWORD, MachineClient, make_client
 from tests.support.observing import LogCapture, metric
 from tests.support.roles import machine_token, role_id
@@ -86,19 +84,6 @@ def moderator(app: Flask, services: Any, user: User, machine: MachineClient) -> 
     )
     assert given.status_code == 201
     return role
-
-
-@pytest.fixture
-def app_with(settings: Any, token_store: TokenStore) -> Iterator[Callable[..., Flask]]:
-    made: list[Flask] = []
-
-    def build(**changes: Any) -> Flask:
-        made.append(create_app(replace(settings, **changes), store=token_store))
-        return made[-1]
-
-    yield build
-    for app in made:
-        app.extensions["oidc"].db.dispose()
 
 
 # The same answer as the app's ------------------------------------------------------------

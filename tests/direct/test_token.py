@@ -7,33 +7,25 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
 import redis
-import requests
 from flask import Flask
 
-from oidc_server.app import create_app
 from oidc_server.clients import CLIENTS_GENERATION
 from oidc_server.direct.token import DirectClientCredentials
 from oidc_server.models import OAuthClient
-from oidc_server.rsgi import RECEIVED_AT, Answer, build_environ, run_wsgi
+from oidc_server.rsgi import RECEIVED_AT, Answer
 from oidc_server.tokens.redis_store import RedisTokenStore
-from oidc_server.tokens.store import TokenStore
 from tests.conftest import MachineClient, make_client
-from tests.support.cli import settings_env
+from tests.support.direct import FORM, app_answer, form_post
 from tests.support.observing import LogCapture, metric
-from tests.support.roles import role_id
-from tests.support.rsgi_fakes import Headers, Scope
-from tests.support.server import spawn_server
-from tests.support.waiting import free_port, wait_for
+from tests.support.waiting import free_port
 
-FORM = "application/x-www-form-urlencoded"
 PLAIN = b"grant_type=client_credentials"
 
 
@@ -44,22 +36,8 @@ def request(
     headers: list[tuple[str, str]] | None = None,
     **scope: Any,
 ) -> dict[str, Any]:
-    """The environ the production adapter builds for a token request (``rsgi.build_environ``)."""
-    pairs = [("host", "localhost"), ("content-type", FORM)]
-    if machine is not None:
-        pairs.append(("authorization", machine.basic["Authorization"]))
-    pairs += headers or []
-    given = {"path": "/oauth/token", "query_string": "", **scope}
-    environ = build_environ(Scope(Headers(pairs), **given), body)
-    environ[RECEIVED_AT] = time.monotonic()
-    return environ
-
-
-def app_answer(app: Flask, environ: dict[str, Any]) -> Answer:
-    """What the app answers to the same request (a copy: both read the body)."""
-    fresh = dict(environ)
-    fresh["wsgi.input"].seek(0)
-    return run_wsgi(app, fresh)
+    """A token request as the production adapter hands it over."""
+    return form_post(scope.pop("path", "/oauth/token"), machine, body, headers=headers, **scope)
 
 
 def cached(app: Flask, machine: MachineClient) -> MachineClient:
@@ -139,20 +117,6 @@ def test_without_a_request_id_each_answer_gets_a_new_one(
         assert answered is not None
         ids.add(dict(answered[1])["X-Request-ID"])
     assert len(ids) == 2
-
-
-@pytest.fixture
-def app_with(settings: Any, token_store: TokenStore) -> Iterator[Callable[..., Flask]]:
-    """Apps built with some settings changed, on the test's database and store."""
-    made: list[Flask] = []
-
-    def build(**changes: Any) -> Flask:
-        made.append(create_app(replace(settings, **changes), store=token_store))
-        return made[-1]
-
-    yield build
-    for app in made:
-        app.extensions["oidc"].db.dispose()
 
 
 def test_behind_a_trusted_proxy_the_forwarded_scheme_decides_hsts(
@@ -368,100 +332,3 @@ def test_while_redis_cannot_be_reached_the_app_answers(
 
 def test_not_used_while_rate_limits_are_on(app_with: Callable[..., Flask]) -> None:
     assert DirectClientCredentials.for_app(app_with(ratelimit_enabled=True)) is None
-
-
-# Through the production server, over HTTP ------------------------------------------------
-
-
-def test_the_production_server_issues_tokens_checks_roles_and_refuses_a_changed_client(
-    app: Flask, services: Any, settings: Any, tmp_path: Path, user: Any
-) -> None:
-    # Both direct answers (tokens and role checks) and the app behind them, over real HTTP.
-    if not isinstance(services.store, RedisTokenStore):
-        pytest.skip("TEST_REDIS_URL not set (CI always sets it)")
-    machine = make_client(services)
-    port = free_port()
-    env = {
-        **settings_env(settings),
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "WEB_CONCURRENCY": "1",
-        "RATELIMIT_ENABLED": "false",
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
-    }
-    base = f"http://127.0.0.1:{port}"
-    server = spawn_server(env, tmp_path / "server.log")
-    try:
-        wait_for(lambda: _answers(base, server, tmp_path), "the production server")
-        jwks = jwt.PyJWKClient(base + "/.well-known/jwks.json")
-        with requests.Session() as http:
-            http.auth = (machine.client_id, machine.client_secret)
-            answers = [
-                http.post(base + "/oauth/token", data={"grant_type": "client_credentials"})
-                for _ in range(20)
-            ]
-            assert [a.status_code for a in answers] == [200] * 20
-            ids = set()
-            for answer in answers:
-                assert answer.headers["Cache-Control"] == "no-store"
-                token = answer.json()["access_token"]
-                claims = jwt.decode(
-                    token,
-                    jwks.get_signing_key_from_jwt(token).key,
-                    algorithms=["RS256"],
-                    audience=settings.access_token_audience,
-                    issuer=settings.oidc_issuer,
-                )
-                assert (claims["sub"], claims["scope"]) == (
-                    machine.client_id,
-                    "roles:read roles:write",
-                )
-                ids.add(claims["jti"])
-            assert len(ids) == 20
-
-            echoed = http.post(
-                base + "/oauth/token",
-                data={"grant_type": "client_credentials"},
-                headers={"X-Request-ID": "traced-token-request"},
-            )
-            assert echoed.headers["X-Request-ID"] == "traced-token-request"
-
-            wrong = http.post(
-                base + "/oauth/token",
-                data={"grant_type": "client_credentials"},
-                auth=(machine.client_id, "not-the-secret"),
-            )
-            assert wrong.status_code == 401 and wrong.json()["error"] == "invalid_client"
-
-            bearer = {"Authorization": f"Bearer {answers[0].json()['access_token']}"}
-            role = role_id(services, "moderator")
-            check = f"{base}/api/v1/users/{user.id}/roles/{role}"
-            held = []
-            for change in (requests.post, None, requests.delete, None):
-                if change is not None:
-                    assert change(check, headers=bearer, timeout=10).status_code in (201, 204)
-                held += [requests.head(check, headers=bearer, timeout=10) for _ in range(3)]
-            statuses = [answer.status_code for answer in held]
-            assert statuses == [200] * 6 + [404] * 3 + [404] * 3
-            assert all(answer.headers["Content-Length"] == "0" for answer in held)
-
-            with services.db.session() as session:
-                row = session.query(OAuthClient).filter_by(client_id=machine.client_id).one()
-                row.is_active = False
-            services.store.bump_generation(CLIENTS_GENERATION)
-            refused = http.post(base + "/oauth/token", data={"grant_type": "client_credentials"})
-            assert refused.status_code == 401
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-    log = (tmp_path / "server.log").read_text()
-    assert machine.client_secret not in log
-    assert not any(a.json()["access_token"] in log for a in answers)
-
-
-def _answers(base: str, server: Any, folder: Path) -> bool:
-    assert server.poll() is None, (folder / "server.log").read_text()[-3000:]
-    try:
-        return requests.get(base + "/health/live", timeout=5).status_code == 200
-    except requests.ConnectionError:
-        return False

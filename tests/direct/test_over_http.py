@@ -1,0 +1,125 @@
+"""The direct answers (oidc_server/direct) through the production server, over real HTTP:
+tokens, role checks and introspection answered, and the app still answering around them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+import requests
+from flask import Flask
+
+from oidc_server.clients import CLIENTS_GENERATION
+from oidc_server.models import OAuthClient
+from oidc_server.tokens.redis_store import RedisTokenStore
+from tests.conftest import make_client
+from tests.support.cli import settings_env
+from tests.support.roles import role_id
+from tests.support.server import spawn_server
+from tests.support.waiting import free_port, wait_for
+
+
+def test_tokens_role_checks_and_introspection_through_the_production_server(
+    app: Flask, services: Any, settings: Any, tmp_path: Path, user: Any
+) -> None:
+    # Both direct answers (tokens and role checks) and the app behind them, over real HTTP.
+    if not isinstance(services.store, RedisTokenStore):
+        pytest.skip("TEST_REDIS_URL not set (CI always sets it)")
+    machine = make_client(services)
+    port = free_port()
+    env = {
+        **settings_env(settings),
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "WEB_CONCURRENCY": "1",
+        "RATELIMIT_ENABLED": "false",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+    }
+    base = f"http://127.0.0.1:{port}"
+    server = spawn_server(env, tmp_path / "server.log")
+    try:
+        wait_for(lambda: _answers(base, server, tmp_path), "the production server")
+        jwks = jwt.PyJWKClient(base + "/.well-known/jwks.json")
+        with requests.Session() as http:
+            http.auth = (machine.client_id, machine.client_secret)
+            answers = [
+                http.post(base + "/oauth/token", data={"grant_type": "client_credentials"})
+                for _ in range(20)
+            ]
+            assert [a.status_code for a in answers] == [200] * 20
+            ids = set()
+            for answer in answers:
+                assert answer.headers["Cache-Control"] == "no-store"
+                token = answer.json()["access_token"]
+                claims = jwt.decode(
+                    token,
+                    jwks.get_signing_key_from_jwt(token).key,
+                    algorithms=["RS256"],
+                    audience=settings.access_token_audience,
+                    issuer=settings.oidc_issuer,
+                )
+                assert (claims["sub"], claims["scope"]) == (
+                    machine.client_id,
+                    "roles:read roles:write",
+                )
+                ids.add(claims["jti"])
+            assert len(ids) == 20
+
+            echoed = http.post(
+                base + "/oauth/token",
+                data={"grant_type": "client_credentials"},
+                headers={"X-Request-ID": "traced-token-request"},
+            )
+            assert echoed.headers["X-Request-ID"] == "traced-token-request"
+
+            wrong = http.post(
+                base + "/oauth/token",
+                data={"grant_type": "client_credentials"},
+                auth=(machine.client_id, "not-the-secret"),
+            )
+            assert wrong.status_code == 401 and wrong.json()["error"] == "invalid_client"
+
+            bearer = {"Authorization": f"Bearer {answers[0].json()['access_token']}"}
+            role = role_id(services, "moderator")
+            check = f"{base}/api/v1/users/{user.id}/roles/{role}"
+            held = []
+            for change in (requests.post, None, requests.delete, None):
+                if change is not None:
+                    assert change(check, headers=bearer, timeout=10).status_code in (201, 204)
+                held += [requests.head(check, headers=bearer, timeout=10) for _ in range(3)]
+            statuses = [answer.status_code for answer in held]
+            assert statuses == [200] * 6 + [404] * 3 + [404] * 3
+            assert all(answer.headers["Content-Length"] == "0" for answer in held)
+
+            token = answers[1].json()["access_token"]
+            introspected = [
+                http.post(base + "/oauth/introspect", data={"token": token}) for _ in range(3)
+            ]
+            assert [i.json()["active"] for i in introspected] == [True] * 3
+            assert introspected[0].json()["sub"] == machine.client_id
+            http.post(base + "/oauth/revoke", data={"token": token})
+            after = http.post(base + "/oauth/introspect", data={"token": token})
+            assert after.json() == {"active": False}
+
+            with services.db.session() as session:
+                row = session.query(OAuthClient).filter_by(client_id=machine.client_id).one()
+                row.is_active = False
+            services.store.bump_generation(CLIENTS_GENERATION)
+            refused = http.post(base + "/oauth/token", data={"grant_type": "client_credentials"})
+            assert refused.status_code == 401
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    log = (tmp_path / "server.log").read_text()
+    assert machine.client_secret not in log
+    assert not any(a.json()["access_token"] in log for a in answers)
+
+
+def _answers(base: str, server: Any, folder: Path) -> bool:
+    assert server.poll() is None, (folder / "server.log").read_text()[-3000:]
+    try:
+        return requests.get(base + "/health/live", timeout=5).status_code == 200
+    except requests.ConnectionError:
+        return False

@@ -1,0 +1,43 @@
+"""Requests as the production adapter hands them to the direct answers (``oidc_server/direct``),
+and the app's own answer to the same request, to hold the two against each other."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flask import Flask
+
+from oidc_server.rsgi import RECEIVED_AT, Answer, build_environ, run_wsgi
+
+from ..conftest import MachineClient
+from .rsgi_fakes import Headers, Scope
+
+FORM = "application/x-www-form-urlencoded"
+
+
+def form_post(
+    path: str,
+    machine: MachineClient | None,
+    body: bytes,
+    *,
+    headers: list[tuple[str, str]] | None = None,
+    **scope: Any,
+) -> dict[str, Any]:
+    """The environ the adapter builds (``rsgi.build_environ``) for a form POST to ``path``,
+    with ``machine``'s Basic credentials, arrived now."""
+    pairs = [("host", "localhost"), ("content-type", FORM)]
+    if machine is not None:
+        pairs.append(("authorization", machine.basic["Authorization"]))
+    pairs += headers or []
+    given = {"path": path, "query_string": "", **scope}
+    environ = build_environ(Scope(Headers(pairs), **given), body)
+    environ[RECEIVED_AT] = time.monotonic()
+    return environ
+
+
+def app_answer(app: Flask, environ: dict[str, Any]) -> Answer:
+    """What the app answers to the same request (a copy: both read the body)."""
+    fresh = dict(environ)
+    fresh["wsgi.input"].seek(0)
+    return run_wsgi(app, fresh)
