@@ -386,6 +386,7 @@ def test_the_production_adapter_asks_the_direct_answers_first(
         DirectClientCredentials,
         DirectIntrospection,
         DirectRoleCheck,
+        DirectUsersMe,
     )
     from oidc_server.serve import rsgi_app
 
@@ -398,7 +399,12 @@ def test_the_production_adapter_asks_the_direct_answers_first(
         if rate_limits:
             assert kinds == [DirectRoleCheck]
         else:
-            assert kinds == [DirectClientCredentials, DirectRoleCheck, DirectIntrospection]
+            assert kinds == [
+                DirectClientCredentials,
+                DirectRoleCheck,
+                DirectIntrospection,
+                DirectUsersMe,
+            ]
         assert all(a.svc is built.extensions["oidc"] for a in adapter.answers_first.answerers)
     finally:
         gc.unfreeze()

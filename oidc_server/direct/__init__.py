@@ -10,13 +10,15 @@ the app gives (body, headers, metrics, access line: ``answers.AnswerShape``):
 - ``token``: ``client_credentials`` with Basic credentials of a cached client;
 - ``role_check``: ``HEAD /api/v1/users/<id>/roles/<id>`` with a machine token, from the
   role cache;
-- ``introspection``: an active access token, for a client with Basic credentials.
+- ``introspection``: an active access token, for a client with Basic credentials;
+- ``users_me``: ``GET`` and ``HEAD /api/v1/users/me`` with a user's token, from the role
+  cache.
 
 Each answers only when its answer is the successful one (a token; 200 or 404 for a role
-check; an active token's introspection). For anything else it returns None and the request
-goes on to the app, which answers it as it always has: so every error answer, and every case
-but the plain one, stays in one place, the app. ``tests/direct`` holds each answer against
-the app's for the same request.
+check; an active token's introspection; the signed-in user's account). For anything else it
+returns None and the request goes on to the app, which answers it as it always has: so every
+error answer, and every case but the plain one, stays in one place, the app. ``tests/direct``
+holds each answer against the app's for the same request.
 
 The production adapter (``oidc_server/rsgi.py``) asks ``answerer_for(app)`` before the app;
 the test client and the embedded server never do.
@@ -32,6 +34,7 @@ from ..rsgi import Answer, FirstAnswer
 from .introspection import DirectIntrospection
 from .role_check import DirectRoleCheck
 from .token import DirectClientCredentials
+from .users_me import DirectUsersMe
 
 
 class DirectAnswers:
@@ -54,5 +57,6 @@ def answerer_for(app: Flask) -> DirectAnswers:
         DirectClientCredentials.for_app(app),
         DirectRoleCheck.for_app(app),
         DirectIntrospection.for_app(app),
+        DirectUsersMe.for_app(app),
     )
     return DirectAnswers([answerer for answerer in made if answerer is not None])

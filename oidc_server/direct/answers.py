@@ -58,13 +58,16 @@ class AnswerShape:
             made["Vary"] = "Origin"  # cors._cors_headers, for a request without an Origin
         return made.to_wsgi_list()
 
-    def answer(self, environ: dict[str, Any], body: bytes, started: float) -> Answer:
+    def answer(
+        self, environ: dict[str, Any], body: bytes, started: float, length: int | None = None
+    ) -> Answer:
         """The answer with ``body`` to the request of ``environ``, which arrived at ``started``
-        (``time.perf_counter``); counted and logged."""
+        (``time.perf_counter``); counted and logged. ``length``: the ``Content-Length`` of a
+        ``HEAD`` answer, the length of the body a ``GET`` would get."""
         request_id = observability.request_id_for(environ.get("HTTP_X_REQUEST_ID"))
         headers = [
             *self._headers[environ["wsgi.url_scheme"] == "https"],
-            ("Content-Length", str(len(body))),
+            ("Content-Length", str(len(body) if length is None else length)),
             (observability.REQUEST_ID_HEADER, request_id),
         ]
         with observability.request_id_bound(request_id):

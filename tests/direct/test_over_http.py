@@ -14,7 +14,7 @@ from flask import Flask
 from oidc_server.clients import CLIENTS_GENERATION
 from oidc_server.models import OAuthClient
 from oidc_server.tokens.redis_store import RedisTokenStore
-from tests.conftest import make_client
+from tests.conftest import PASSWORD, make_client
 from tests.support.cli import settings_env
 from tests.support.roles import role_id
 from tests.support.server import spawn_server
@@ -102,6 +102,24 @@ def test_tokens_role_checks_and_introspection_through_the_production_server(
             http.post(base + "/oauth/revoke", data={"token": token})
             after = http.post(base + "/oauth/introspect", data={"token": token})
             assert after.json() == {"active": False}
+
+            signed_in = requests.post(
+                base + "/oauth/token",
+                data={
+                    "grant_type": "password",
+                    "client_id": "cinema-app",
+                    "username": user.login,
+                    "password": PASSWORD,
+                },
+                timeout=30,
+            )
+            users_bearer = {"Authorization": f"Bearer {signed_in.json()['access_token']}"}
+            mine = [requests.get(base + "/api/v1/users/me", headers=users_bearer, timeout=10)]
+            mine += [requests.get(base + "/api/v1/users/me", headers=users_bearer, timeout=10)]
+            assert [m.status_code for m in mine] == [200, 200]
+            assert mine[0].json() == mine[1].json() and mine[1].json()["login"] == user.login
+            peeked = requests.head(base + "/api/v1/users/me", headers=users_bearer, timeout=10)
+            assert peeked.headers["Content-Length"] == mine[1].headers["Content-Length"]
 
             with services.db.session() as session:
                 row = session.query(OAuthClient).filter_by(client_id=machine.client_id).one()

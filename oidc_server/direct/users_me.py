@@ -1,0 +1,118 @@
+"""``GET`` and ``HEAD /api/v1/users/me`` answered before Flask (see ``oidc_server/direct``).
+
+The cinema's apps ask who is signed in whenever they start or resume. This answers the plain
+case, a current user's token whose account card is in the role cache, with the calls the
+view (``api/users.me``) makes: the token verified, its revocation and its user's card read
+in one Redis round trip (``oauth.protector.BearerCheck``), and the view's answer: the card
+dumped by ``MeSchema`` as flask-smorest and Flask's JSON provider write it.
+
+Anything else (no, a malformed, a revoked or a machine token; a card not cached, which needs
+PostgreSQL; a query string or an ``Origin``; Redis unreachable) makes it return None, and
+the view answers.
+
+Not used while rate limits are on: the route is counted by flask-limiter's default limit.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flask import Flask
+
+from .. import cors
+from ..api.schemas import MeSchema
+from ..oauth.protector import BearerCheck
+from ..roles import AccountCard
+from ..rsgi import Answer
+from ..services import Services
+from ..tokens.reads import read_together
+from ..tokens.store import StoreUnavailable
+from .answers import AnswerShape, ProxiedView
+
+ME_PATH = "/api/v1/users/me"
+
+
+class DirectUsersMe:
+    """``(environ, body) -> answer or None``: the signed-in user's account for a plain
+    request (see the module docstring), or None to let the app answer the request."""
+
+    def __init__(self, svc: Services, dumps: Any, *, vary_origin: bool) -> None:
+        self.svc = svc
+        #: The app's JSON encoder (``app.json.dumps``), so the bytes are the view's.
+        self._dumps = dumps
+        self._schema = MeSchema()
+        self._seen = ProxiedView(svc)
+        self._shapes = {
+            method: AnswerShape(
+                svc,
+                method=method,
+                route=ME_PATH,
+                path_like=ME_PATH,
+                status=200,
+                headers=[("Content-Type", "application/json")],
+                vary_origin=vary_origin,
+            )
+            for method in ("GET", "HEAD")
+        }
+
+    @classmethod
+    def for_app(cls, app: Flask) -> DirectUsersMe | None:
+        """The direct path for ``app``'s ``/users/me``; None while rate limits are on, or when
+        Flask would indent its JSON (debug mode)."""
+        svc: Services = app.extensions["oidc"]
+        compact = getattr(app.json, "compact", None)
+        indents = compact is False or (compact is None and app.debug)
+        if svc.settings.ratelimit_enabled or indents:
+            return None
+        return cls(svc, app.json.dumps, vary_origin=cors.enabled(app))
+
+    def __call__(self, environ: dict[str, Any], body: bytes) -> Answer | None:
+        started = time.perf_counter()
+        shape = self._shapes.get(environ["REQUEST_METHOD"])
+        if (
+            shape is None
+            or environ["PATH_INFO"] != ME_PATH
+            or environ.get("QUERY_STRING")
+            or "HTTP_ORIGIN" in environ  # a browser's: CORS decides its headers
+        ):
+            return None
+        claims = self._users_token(environ.get("HTTP_AUTHORIZATION"))
+        if claims is None:
+            return None
+        check = BearerCheck(claims, svc=self.svc)
+        if check.user_id is None:
+            return None
+        try:
+            token = check.token(read_together(self.svc.redis, *check.reads))
+        except StoreUnavailable:
+            return None
+        if token is None or not isinstance(token.card, AccountCard):
+            return None  # revoked, or the card is not cached: the view reads the database
+        card = token.card
+        account = self._schema.dump(
+            {
+                "id": card.user_id,
+                "login": card.login,
+                "roles": list(card.roles),
+                "has_password": card.has_password,
+                "created_at": card.created_at,
+            }
+        )
+        payload = (self._dumps(account, separators=(",", ":")) + "\n").encode()
+        if environ["REQUEST_METHOD"] == "HEAD":
+            return shape.answer(self._seen(environ), b"", started, length=len(payload))
+        return shape.answer(self._seen(environ), payload, started)
+
+    def _users_token(self, authorization: str | None) -> dict[str, Any] | None:
+        """The claims of a current user's token, as Authlib's bearer parsing and the view's
+        check accept it; else None."""
+        if not authorization:
+            return None
+        parts = authorization.split(None, 1)
+        if len(parts) != 2 or parts[0].lower() != "bearer":
+            return None
+        claims = self.svc.tokens.decode_access_token(parts[1])  # None once expired
+        if claims is None or "sid" not in claims:
+            return None  # a machine's token: the view refuses it
+        return claims
