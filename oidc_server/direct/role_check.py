@@ -1,8 +1,8 @@
 """The role check answered before Flask (see ``oidc_server/direct``).
 
 ``HEAD /api/v1/users/<user id>/roles/<role id>`` is what other services ask most: does this
-user hold this role? Through Flask its answer cost as much CPU as signing a token
-(docs/scaling.md, session 11). This answers it with the calls the view
+user hold this role? Through Flask its answer cost 1.2 ms of CPU on session 11's machine,
+where signing a token took 0.8 (docs/scaling.md). This answers it with the calls the view
 (``api/roles.check_user_role``) makes: the machine token verified
 (``TokenService.decode_access_token``), its revocation and the cached answer read in one Redis
 round trip (the store's ``access_token_reads``, ``RoleCache.lookup_reads``), and the app's

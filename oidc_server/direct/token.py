@@ -1,8 +1,8 @@
 """``client_credentials`` tokens answered before Flask (see ``oidc_server/direct``).
 
-Through Flask and Authlib a token cost about three times its RS256 signature, the floor of
-its cost (docs/scaling.md). This answers the one request shape that is nearly all of that
-traffic:
+Through Flask and Authlib a token cost twice to three times its RS256 signature, the floor
+of its cost (docs/scaling.md, sessions 10 and 11). This answers the one request shape that is
+nearly all of that traffic:
 
     POST /oauth/token, no query string, no Origin
     Content-Type: application/x-www-form-urlencoded
