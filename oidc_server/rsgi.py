@@ -30,8 +30,8 @@ Everything that can wait on something slow (argon2id, PostgreSQL pages, another 
 runs in the pool, so the loop keeps reading and answering meanwhile.
 
 Before either, ``answers_first`` may answer a request without the app at all (for us,
-``oidc_server/direct``: plain ``client_credentials`` token requests and role checks); when
-it returns None, the app answers as above.
+``oidc_server/direct``: the most frequent requests, in their plain form); when it returns
+None, the app answers as above.
 
 Each request's environ carries the time it arrived (``RECEIVED_AT``, ``time.monotonic()`` when
 granian handed over its head), before any wait for its body or a thread: what the app may

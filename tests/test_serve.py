@@ -387,6 +387,7 @@ def test_the_production_adapter_asks_the_direct_answers_first(
         DirectIntrospection,
         DirectRoleCheck,
         DirectUsersMe,
+        DirectWellKnown,
     )
     from oidc_server.serve import rsgi_app
 
@@ -397,13 +398,14 @@ def test_the_production_adapter_asks_the_direct_answers_first(
         assert isinstance(adapter.answers_first, DirectAnswers)
         kinds = [type(answerer) for answerer in adapter.answers_first.answerers]
         if rate_limits:
-            assert kinds == [DirectRoleCheck]
+            assert kinds == [DirectRoleCheck, DirectWellKnown]
         else:
             assert kinds == [
                 DirectClientCredentials,
                 DirectRoleCheck,
                 DirectIntrospection,
                 DirectUsersMe,
+                DirectWellKnown,
             ]
         assert all(a.svc is built.extensions["oidc"] for a in adapter.answers_first.answerers)
     finally:

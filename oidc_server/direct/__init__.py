@@ -12,13 +12,14 @@ the app gives (body, headers, metrics, access line: ``answers.AnswerShape``):
   role cache;
 - ``introspection``: an active access token, for a client with Basic credentials;
 - ``users_me``: ``GET`` and ``HEAD /api/v1/users/me`` with a user's token, from the role
-  cache.
+  cache;
+- ``well_known``: the JWKS and the discovery documents.
 
 Each answers only when its answer is the successful one (a token; 200 or 404 for a role
-check; an active token's introspection; the signed-in user's account). For anything else it
-returns None and the request goes on to the app, which answers it as it always has: so every
-error answer, and every case but the plain one, stays in one place, the app. ``tests/direct``
-holds each answer against the app's for the same request.
+check; an active token's introspection; the signed-in user's account; a document). For
+anything else it returns None and the request goes on to the app, which answers it as it
+always has: so every error answer, and every case but the plain one, stays in one place, the
+app. ``tests/direct`` holds each answer against the app's for the same request.
 
 The production adapter (``oidc_server/rsgi.py``) asks ``answerer_for(app)`` before the app;
 the test client and the embedded server never do.
@@ -35,6 +36,7 @@ from .introspection import DirectIntrospection
 from .role_check import DirectRoleCheck
 from .token import DirectClientCredentials
 from .users_me import DirectUsersMe
+from .well_known import DirectWellKnown
 
 
 class DirectAnswers:
@@ -58,5 +60,6 @@ def answerer_for(app: Flask) -> DirectAnswers:
         DirectRoleCheck.for_app(app),
         DirectIntrospection.for_app(app),
         DirectUsersMe.for_app(app),
+        DirectWellKnown.for_app(app),
     )
     return DirectAnswers([answerer for answerer in made if answerer is not None])
