@@ -28,7 +28,6 @@ from typing import Any
 import pytest
 import redis
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from oidc_server.config import Settings
 from oidc_server.tokens import redis_connect
@@ -36,6 +35,7 @@ from oidc_server.tokens.redis_store import RedisTokenStore
 from oidc_server.tokens.store import RefreshRecord, RotateOutcome, SessionRecord
 
 from .support.cli import run_cli, settings_env
+from .support.observing import sample
 from .support.server import spawn_server
 from .support.waiting import free_port, wait_for
 
@@ -362,23 +362,15 @@ def test_a_rate_limit_hit_on_one_node_holds_on_the_other(cluster: Cluster) -> No
 # Metrics and logs of a node ---------------------------------------------------------------
 
 
-def _sample(text: str, name: str, **labels: str) -> float:
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                return s.value
-    return 0.0
-
-
 def test_a_nodes_metrics_sum_all_its_workers(cluster: Cluster) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     labels = {"method": "GET", "route": "/health/live", "status": "200"}
-    before = _sample(cluster.a.get("/metrics").text, "http_requests_total", **labels)
+    before = sample(cluster.a.get("/metrics").text, "http_requests_total", **labels)
     with ThreadPoolExecutor(max_workers=8) as pool:
         statuses = list(pool.map(lambda _: cluster.a.get("/health/live").status_code, range(40)))
     assert statuses == [200] * 40
-    after = _sample(cluster.a.get("/metrics").text, "http_requests_total", **labels)
+    after = sample(cluster.a.get("/metrics").text, "http_requests_total", **labels)
     # Requests spread over both workers; each keeps its own count, the scrape sums them.
     assert after - before == 40
     assert len({p.name for p in cluster.a.metrics_dir.glob("counter_*.db")}) >= 2

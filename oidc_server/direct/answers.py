@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
+from flask import Flask
 from werkzeug.datastructures import Headers
 
 from .. import observability
@@ -37,11 +39,43 @@ class AnswerShape:
         vary_origin: bool,
     ) -> None:
         self.status = status
+        self._head = method == "HEAD"
         self._recorder = observability.RequestRecorder(method, route, status)
         # By whether the request came over TLS: nothing else changes them.
         self._headers = {
             secure: self._fixed(svc, path_like, headers, secure, vary_origin)
             for secure in (False, True)
+        }
+
+    @classmethod
+    def of_path(
+        cls,
+        svc: Services,
+        method: str,
+        path: str,
+        headers: list[tuple[str, str]],
+        *,
+        vary_origin: bool,
+    ) -> AnswerShape:
+        """The 200 answers of a route that is the one path ``path``."""
+        return cls(
+            svc,
+            method=method,
+            route=path,
+            path_like=path,
+            status=200,
+            headers=headers,
+            vary_origin=vary_origin,
+        )
+
+    @classmethod
+    def get_and_head(
+        cls, svc: Services, path: str, headers: list[tuple[str, str]], *, vary_origin: bool
+    ) -> dict[str, AnswerShape]:
+        """``of_path`` for ``GET`` and ``HEAD``, by method."""
+        return {
+            method: cls.of_path(svc, method, path, headers, vary_origin=vary_origin)
+            for method in ("GET", "HEAD")
         }
 
     @staticmethod
@@ -58,16 +92,14 @@ class AnswerShape:
             made["Vary"] = "Origin"  # cors._cors_headers, for a request without an Origin
         return made.to_wsgi_list()
 
-    def answer(
-        self, environ: dict[str, Any], body: bytes, started: float, length: int | None = None
-    ) -> Answer:
+    def answer(self, environ: dict[str, Any], body: bytes, started: float) -> Answer:
         """The answer with ``body`` to the request of ``environ``, which arrived at ``started``
-        (``time.perf_counter``); counted and logged. ``length``: the ``Content-Length`` of a
-        ``HEAD`` answer, the length of the body a ``GET`` would get."""
+        (``time.perf_counter``); counted and logged. To ``HEAD``, as werkzeug answers it: the
+        ``GET``'s headers, ``Content-Length`` included, without the body."""
         request_id = observability.request_id_for(environ.get("HTTP_X_REQUEST_ID"))
         headers = [
             *self._headers[environ["wsgi.url_scheme"] == "https"],
-            ("Content-Length", str(len(body) if length is None else length)),
+            ("Content-Length", str(len(body))),
             (observability.REQUEST_ID_HEADER, request_id),
         ]
         with observability.request_id_bound(request_id):
@@ -76,7 +108,22 @@ class AnswerShape:
                 environ["PATH_INFO"],
                 environ.get("REMOTE_ADDR") or "",
             )
-        return self.status, headers, body
+        return self.status, headers, b"" if self._head else body
+
+
+def json_writer(app: Flask) -> Callable[[Any], bytes] | None:
+    """A body as the app's JSON provider writes it (``app.json.response``: compact, the
+    provider's key order and escaping, a final newline); None when the app would indent it
+    (debug), which the direct answers do not copy."""
+    compact = getattr(app.json, "compact", None)
+    if compact is False or (compact is None and app.debug):
+        return None
+    dumps = app.json.dumps
+
+    def write(document: Any) -> bytes:
+        return (dumps(document, separators=(",", ":")) + "\n").encode()
+
+    return write
 
 
 class ProxiedView:

@@ -39,10 +39,15 @@ from ..rsgi import RECEIVED_AT, Answer
 from ..services import Services
 from ..tokens.store import StoreUnavailable
 from .answers import AnswerShape, ProxiedView
-from .requests import basic_credentials, plain_form, plain_form_post, secure_transport
+from .requests import (
+    basic_client,
+    basic_credentials,
+    plain_form,
+    plain_form_post,
+    secure_transport,
+)
 
 INTROSPECT_PATH = "/oauth/introspect"
-AUTH_METHOD = "client_secret_basic"
 ENDPOINT_NAME = IntrospectionEndpoint.ENDPOINT_NAME
 #: The fields of a plain request: the token, and the hint that it is an access token.
 FIELDS = frozenset({"token", "token_type_hint"})
@@ -55,14 +60,8 @@ class DirectIntrospection:
     def __init__(self, svc: Services, *, vary_origin: bool) -> None:
         self.svc = svc
         self._seen = ProxiedView(svc)
-        self._shape = AnswerShape(
-            svc,
-            method="POST",
-            route=INTROSPECT_PATH,
-            path_like=INTROSPECT_PATH,
-            status=200,
-            headers=default_json_headers,
-            vary_origin=vary_origin,
+        self._shape = AnswerShape.of_path(
+            svc, "POST", INTROSPECT_PATH, default_json_headers, vary_origin=vary_origin
         )
 
     @classmethod
@@ -99,22 +98,14 @@ class DirectIntrospection:
             )
         except StoreUnavailable:
             return None
-        client_id, secret = credentials
-        client = self.svc.client_cache.cached(generation, client_id)
-        if (
-            client is None
-            or not client.check_client_secret(secret)
-            or not client.check_endpoint_auth_method(
-                AUTH_METHOD, IntrospectionEndpoint.ENDPOINT_NAME
-            )
-            or not client.is_confidential
-        ):
+        client = basic_client(self.svc, generation, credentials, ENDPOINT_NAME)
+        if client is None or not client.is_confidential:
             return None
         token = check.token(answers)
         if token is None:
             return None  # revoked
-        card = token.card if "sid" in claims else None
-        if "sid" in claims and not isinstance(card, AccountCard):
+        if token.is_user_token and not isinstance(token.card, AccountCard):
             return None  # not cached: the endpoint reads the database
+        card = token.card if token.is_user_token else None
         payload = introspection_payload(self.svc.settings.oidc_issuer, "access_token", claims, card)
         return self._shape.answer(environ, json.dumps(payload).encode(), started)

@@ -1,4 +1,5 @@
-"""Recognising the plain requests the direct answers take: form POSTs with Basic credentials."""
+"""Recognising the plain requests the direct answers take: form POSTs with Basic credentials
+of a cached client, and bearer tokens."""
 
 from __future__ import annotations
 
@@ -9,7 +10,11 @@ from urllib.parse import parse_qsl
 from authlib.common.security import is_secure_transport
 from authlib.oauth2.rfc6749.util import extract_basic_authorization
 
+from ..clients import RegisteredClient
+from ..services import Services
+
 FORM_TYPE = "application/x-www-form-urlencoded"
+BASIC = "client_secret_basic"
 
 
 def plain_form_post(environ: dict[str, Any], path: str) -> bool:
@@ -50,6 +55,35 @@ def basic_credentials(authorization: str | None) -> tuple[str, str] | None:
     if not client_id or not secret:
         return None
     return client_id, secret
+
+
+def basic_client(
+    svc: Services, generation: str, credentials: tuple[str, str], endpoint: str
+) -> RegisteredClient | None:
+    """The client that ``credentials`` (``basic_credentials``) authenticate at ``endpoint``
+    (Authlib's endpoint name), from this worker's copy for the clients' ``generation``; None
+    if it holds none, the secret is wrong, or Basic is not the client's method there."""
+    client_id, secret = credentials
+    client = svc.client_cache.cached(generation, client_id)
+    if (
+        client is None
+        or not client.check_client_secret(secret)
+        or not client.check_endpoint_auth_method(BASIC, endpoint)
+    ):
+        return None
+    return client
+
+
+def bearer_claims(svc: Services, authorization: str | None) -> dict[str, Any] | None:
+    """The claims of the current access token in ``Authorization: Bearer``, as Authlib's
+    bearer parsing and our codec accept it (None once expired); else None. Not whether it
+    was revoked: that is a read the caller sends with its own."""
+    if not authorization:
+        return None
+    parts = authorization.split(None, 1)
+    if len(parts) != 2 or parts[0].lower() != "bearer":
+        return None
+    return svc.tokens.decode_access_token(parts[1])
 
 
 def secure_transport(environ: dict[str, Any]) -> bool:

@@ -34,6 +34,7 @@ from ..services import Services
 from ..tokens.reads import read_together
 from ..tokens.store import StoreUnavailable
 from .answers import AnswerShape, ProxiedView
+from .requests import bearer_claims
 
 ENDPOINT = "roles.check_user_role"
 
@@ -110,14 +111,8 @@ class DirectRoleCheck:
         return shape.answer(self._seen(environ), b"", started)
 
     def _machine_token(self, authorization: str | None) -> dict[str, Any] | None:
-        """The claims of a current machine token with ``roles:read``, as Authlib's bearer
-        parsing and the view's checks accept it; else None."""
-        if not authorization:
-            return None
-        parts = authorization.split(None, 1)
-        if len(parts) != 2 or parts[0].lower() != "bearer":
-            return None
-        claims = self.svc.tokens.decode_access_token(parts[1])  # None once expired
+        """The claims of a current machine token with ``roles:read``; else None."""
+        claims = bearer_claims(self.svc, authorization)
         if (
             claims is None
             or "sid" in claims  # a user's token: the view refuses it

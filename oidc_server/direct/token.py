@@ -36,11 +36,18 @@ from ..rsgi import RECEIVED_AT, Answer
 from ..services import Services
 from ..tokens.store import StoreUnavailable
 from .answers import AnswerShape, ProxiedView
-from .requests import basic_credentials, plain_form, plain_form_post, secure_transport
+from .requests import (
+    basic_client,
+    basic_credentials,
+    plain_form,
+    plain_form_post,
+    secure_transport,
+)
 
 TOKEN_PATH = "/oauth/token"
 GRANT_TYPE = ClientCredentialsGrant.GRANT_TYPE
-AUTH_METHOD = "client_secret_basic"
+#: What Authlib's grants call the token endpoint when they ask a client its methods.
+ENDPOINT_NAME = "token"
 #: The fields of a plain request: the grant, and the scope if any.
 FIELDS = frozenset({"grant_type", "scope"})
 
@@ -52,13 +59,11 @@ class DirectClientCredentials:
     def __init__(self, svc: Services, *, vary_origin: bool) -> None:
         self.svc = svc
         self._seen = ProxiedView(svc)
-        self._shape = AnswerShape(
+        self._shape = AnswerShape.of_path(
             svc,
-            method="POST",
-            route=TOKEN_PATH,
-            path_like=TOKEN_PATH,
-            status=200,
-            headers=ClientCredentialsGrant.TOKEN_RESPONSE_HEADER,
+            "POST",
+            TOKEN_PATH,
+            ClientCredentialsGrant.TOKEN_RESPONSE_HEADER,
             vary_origin=vary_origin,
         )
         self._count_token = observability.tokens_issued_counter(GRANT_TYPE)
@@ -79,7 +84,7 @@ class DirectClientCredentials:
         credentials = basic_credentials(environ.get("HTTP_AUTHORIZATION"))
         if form is None or form.get("grant_type") != GRANT_TYPE or credentials is None:
             return None
-        scope, (client_id, secret) = form.get("scope"), credentials
+        scope = form.get("scope")
         environ = self._seen(environ)
         if not secure_transport(environ):
             return None
@@ -87,11 +92,9 @@ class DirectClientCredentials:
             generation, _ = generation_and(self.svc, environ.get(RECEIVED_AT))
         except StoreUnavailable:
             return None
-        client = self.svc.client_cache.cached(generation, client_id)
+        client = basic_client(self.svc, generation, credentials, ENDPOINT_NAME)
         if (
             client is None
-            or not client.check_client_secret(secret)
-            or not client.check_endpoint_auth_method(AUTH_METHOD, "token")
             or not client.check_grant_type(GRANT_TYPE)
             or not client.allows_scope(scope)
         ):

@@ -16,6 +16,7 @@ Not used while rate limits are on: the route is counted by flask-limiter's defau
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from flask import Flask
@@ -28,7 +29,8 @@ from ..rsgi import Answer
 from ..services import Services
 from ..tokens.reads import read_together
 from ..tokens.store import StoreUnavailable
-from .answers import AnswerShape, ProxiedView
+from .answers import AnswerShape, ProxiedView, json_writer
+from .requests import bearer_claims
 
 ME_PATH = "/api/v1/users/me"
 
@@ -37,35 +39,25 @@ class DirectUsersMe:
     """``(environ, body) -> answer or None``: the signed-in user's account for a plain
     request (see the module docstring), or None to let the app answer the request."""
 
-    def __init__(self, svc: Services, dumps: Any, *, vary_origin: bool) -> None:
+    def __init__(self, svc: Services, write: Callable[[Any], bytes], *, vary_origin: bool) -> None:
         self.svc = svc
-        #: The app's JSON encoder (``app.json.dumps``), so the bytes are the view's.
-        self._dumps = dumps
+        #: The app's JSON writer (``answers.json_writer``), so the bytes are the view's.
+        self._write = write
         self._schema = MeSchema()
         self._seen = ProxiedView(svc)
-        self._shapes = {
-            method: AnswerShape(
-                svc,
-                method=method,
-                route=ME_PATH,
-                path_like=ME_PATH,
-                status=200,
-                headers=[("Content-Type", "application/json")],
-                vary_origin=vary_origin,
-            )
-            for method in ("GET", "HEAD")
-        }
+        self._shapes = AnswerShape.get_and_head(
+            svc, ME_PATH, [("Content-Type", "application/json")], vary_origin=vary_origin
+        )
 
     @classmethod
     def for_app(cls, app: Flask) -> DirectUsersMe | None:
         """The direct path for ``app``'s ``/users/me``; None while rate limits are on, or when
         Flask would indent its JSON (debug mode)."""
         svc: Services = app.extensions["oidc"]
-        compact = getattr(app.json, "compact", None)
-        indents = compact is False or (compact is None and app.debug)
-        if svc.settings.ratelimit_enabled or indents:
+        write = json_writer(app)
+        if svc.settings.ratelimit_enabled or write is None:
             return None
-        return cls(svc, app.json.dumps, vary_origin=cors.enabled(app))
+        return cls(svc, write, vary_origin=cors.enabled(app))
 
     def __call__(self, environ: dict[str, Any], body: bytes) -> Answer | None:
         started = time.perf_counter()
@@ -99,20 +91,11 @@ class DirectUsersMe:
                 "created_at": card.created_at,
             }
         )
-        payload = (self._dumps(account, separators=(",", ":")) + "\n").encode()
-        if environ["REQUEST_METHOD"] == "HEAD":
-            return shape.answer(self._seen(environ), b"", started, length=len(payload))
-        return shape.answer(self._seen(environ), payload, started)
+        return shape.answer(self._seen(environ), self._write(account), started)
 
     def _users_token(self, authorization: str | None) -> dict[str, Any] | None:
-        """The claims of a current user's token, as Authlib's bearer parsing and the view's
-        check accept it; else None."""
-        if not authorization:
-            return None
-        parts = authorization.split(None, 1)
-        if len(parts) != 2 or parts[0].lower() != "bearer":
-            return None
-        claims = self.svc.tokens.decode_access_token(parts[1])  # None once expired
+        """The claims of a current user's token; else None."""
+        claims = bearer_claims(self.svc, authorization)
         if claims is None or "sid" not in claims:
             return None  # a machine's token: the view refuses it
         return claims

@@ -2,9 +2,9 @@
 
 Every service that verifies our tokens fetches the JWKS (and, starting, the discovery
 document), from every replica and after every cache expiry. These answers are the views' of
-``web/wellknown.py``: the same documents (``KeyRing.jwks``, ``discovery_document``), written by
-the app's JSON provider and sent with the same ``Cache-Control``; ``HEAD`` gets the headers of
-``GET``. The bytes are encoded again only when the document changes (a key rotated).
+``web/wellknown.py``: the same documents (``KeyRing.jwks``, ``discovery_document``), written
+by the app's JSON provider and sent with the same ``Cache-Control``. The bytes are encoded
+again only when the document changes (a key rotated).
 
 Only ``GET`` and ``HEAD`` without a query string or an ``Origin`` are answered; the routes are
 exempt from rate limits, so this is used with them on as well.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from flask import Flask
@@ -22,7 +23,7 @@ from .. import cors
 from ..rsgi import Answer
 from ..services import Services
 from ..web.wellknown import DISCOVERY_MAX_AGE, JWKS_MAX_AGE, discovery_document
-from .answers import AnswerShape, ProxiedView
+from .answers import AnswerShape, ProxiedView, json_writer
 
 JWKS_PATH = "/.well-known/jwks.json"
 DISCOVERY_PATHS = (
@@ -56,52 +57,42 @@ class DirectWellKnown:
     """``(environ, body) -> answer or None``: the JWKS or a discovery document for a plain
     ``GET`` or ``HEAD``, or None to let the app answer the request."""
 
-    def __init__(self, svc: Services, dumps: Any, *, vary_origin: bool) -> None:
+    def __init__(self, svc: Services, write: Callable[[Any], bytes], *, vary_origin: bool) -> None:
         self.svc = svc
         self._seen = ProxiedView(svc)
 
-        def encode(document: dict[str, Any]) -> bytes:
-            return (dumps(document, separators=(",", ":")) + "\n").encode()
-
-        def shapes(path: str, max_age: int) -> dict[str, AnswerShape]:
+        def document(
+            read: Callable[[], dict[str, Any]], path: str, max_age: int
+        ) -> tuple[str, _Document]:
             headers = [
                 ("Content-Type", "application/json"),
                 ("Cache-Control", f"public, max-age={max_age}"),
             ]
-            return {
-                method: AnswerShape(
-                    svc,
-                    method=method,
-                    route=path,
-                    path_like=path,
-                    status=200,
-                    headers=headers,
-                    vary_origin=vary_origin,
-                )
-                for method in ("GET", "HEAD")
-            }
+            shapes = AnswerShape.get_and_head(svc, path, headers, vary_origin=vary_origin)
+            return path, _Document(read, write, shapes)
 
-        settings = svc.settings
-        self.documents = {
-            JWKS_PATH: _Document(svc.keyring.jwks, encode, shapes(JWKS_PATH, JWKS_MAX_AGE)),
-            **{
-                path: _Document(
-                    _discovery(settings, path.rsplit("/", 1)[1]),
-                    encode,
-                    shapes(path, DISCOVERY_MAX_AGE),
-                )
-                for path in DISCOVERY_PATHS
-            },
-        }
+        self.documents = dict(
+            [
+                document(svc.keyring.jwks, JWKS_PATH, JWKS_MAX_AGE),
+                *(
+                    document(
+                        partial(discovery_document, svc.settings, path.rsplit("/", 1)[1]),
+                        path,
+                        DISCOVERY_MAX_AGE,
+                    )
+                    for path in DISCOVERY_PATHS
+                ),
+            ]
+        )
 
     @classmethod
     def for_app(cls, app: Flask) -> DirectWellKnown | None:
         """The direct path for ``app``'s well-known documents; None when Flask would indent
         its JSON (debug mode)."""
-        compact = getattr(app.json, "compact", None)
-        if compact is False or (compact is None and app.debug):
+        write = json_writer(app)
+        if write is None:
             return None
-        return cls(app.extensions["oidc"], app.json.dumps, vary_origin=cors.enabled(app))
+        return cls(app.extensions["oidc"], write, vary_origin=cors.enabled(app))
 
     def __call__(self, environ: dict[str, Any], body: bytes) -> Answer | None:
         started = time.perf_counter()
@@ -115,11 +106,4 @@ class DirectWellKnown:
         shape = document.shapes.get(environ["REQUEST_METHOD"])
         if shape is None:
             return None
-        payload = document.body()
-        if environ["REQUEST_METHOD"] == "HEAD":
-            return shape.answer(self._seen(environ), b"", started, length=len(payload))
-        return shape.answer(self._seen(environ), payload, started)
-
-
-def _discovery(settings: Any, name: str) -> Callable[[], dict[str, Any]]:
-    return lambda: discovery_document(settings, name)
+        return shape.answer(self._seen(environ), document.body(), started)

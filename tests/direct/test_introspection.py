@@ -7,12 +7,10 @@ import json
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-import redis
 from flask import Flask
 
 from oidc_server.direct.introspection import DirectIntrospection
@@ -20,10 +18,9 @@ from oidc_server.models import User
 from oidc_server.rsgi import RECEIVED_AT, Answer
 from oidc_server.tokens.redis_store import RedisTokenStore
 from tests.conftest import PASSWORD, MachineClient, make_client, password_login
-from tests.support.direct import app_answer, form_post
+from tests.support.direct import app_answer, cut_off_from_redis, form_post
 from tests.support.observing import metric
 from tests.support.roles import machine_token
-from tests.support.waiting import free_port
 
 PATH = "/oauth/introspect"
 
@@ -239,8 +236,7 @@ def test_while_redis_cannot_be_reached_the_app_answers(
         pytest.skip("TEST_REDIS_URL not set (CI always sets it)")
     token = machine_token(app.test_client(), machine)
     cached(app, machine, token)
-    nowhere = redis.Redis(port=free_port(), socket_connect_timeout=0.5)
-    cut_off = replace(services, redis=nowhere, store=RedisTokenStore(nowhere))
+    cut_off = cut_off_from_redis(services)
 
     answered = DirectIntrospection(cut_off, vary_origin=False)(*introspection(machine, token))
     assert answered is None

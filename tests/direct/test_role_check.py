@@ -6,11 +6,9 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import pytest
-import redis
 from flask import Flask
 
 from oidc_server.direct.role_check import DirectRoleCheck
@@ -19,10 +17,10 @@ from oidc_server.rsgi import Answer, build_environ, run_wsgi
 from oidc_server.tokens.access_tokens import AccessTokenCodec
 from oidc_server.tokens.redis_store import RedisTokenStore
 from tests.conftest import PASSWORD, MachineClient, make_client
+from tests.support.direct import cut_off_from_redis
 from tests.support.observing import LogCapture, metric
 from tests.support.roles import machine_token, role_id
 from tests.support.rsgi_fakes import Headers, Scope
-from tests.support.waiting import free_port
 
 ROUTE = "/api/v1/users/<uuid:user_id>/roles/<uuid:role_id>/"
 
@@ -258,8 +256,7 @@ def test_while_redis_cannot_be_reached_the_app_answers(
 ) -> None:
     environ = check(reader, user.id, moderator)
     app_answer(app, environ)
-    nowhere = redis.Redis(port=free_port(), socket_connect_timeout=0.5)
-    cut_off = replace(services, redis=nowhere, store=RedisTokenStore(nowhere))
+    cut_off = cut_off_from_redis(services)
     urls = app.url_map.bind("localhost")
 
     assert DirectRoleCheck(cut_off, urls, ROUTE, vary_origin=False)(environ, b"") is None

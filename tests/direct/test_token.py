@@ -8,12 +8,10 @@ import base64
 import json
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import jwt
 import pytest
-import redis
 from flask import Flask
 
 from oidc_server.clients import CLIENTS_GENERATION
@@ -22,9 +20,8 @@ from oidc_server.models import OAuthClient
 from oidc_server.rsgi import RECEIVED_AT, Answer
 from oidc_server.tokens.redis_store import RedisTokenStore
 from tests.conftest import MachineClient, make_client
-from tests.support.direct import FORM, app_answer, form_post
+from tests.support.direct import FORM, app_answer, cut_off_from_redis, form_post
 from tests.support.observing import LogCapture, metric
-from tests.support.waiting import free_port
 
 PLAIN = b"grant_type=client_credentials"
 
@@ -324,8 +321,7 @@ def test_while_redis_cannot_be_reached_the_app_answers(
     if not isinstance(services.store, RedisTokenStore):
         pytest.skip("TEST_REDIS_URL not set (CI always sets it)")
     cached(app, machine)
-    nowhere = redis.Redis(port=free_port(), socket_connect_timeout=0.5)
-    cut_off = replace(services, redis=nowhere, store=RedisTokenStore(nowhere))
+    cut_off = cut_off_from_redis(services)
 
     assert DirectClientCredentials(cut_off, vary_origin=False)(request(machine), PLAIN) is None
 

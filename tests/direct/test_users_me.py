@@ -4,22 +4,21 @@ for a plain request, and no answer at all for anything else, which the app then 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import pytest
-import redis
 from flask import Flask
 
+from oidc_server.direct.answers import json_writer
 from oidc_server.direct.users_me import DirectUsersMe
 from oidc_server.models import User
 from oidc_server.rsgi import Answer, build_environ, run_wsgi
 from oidc_server.tokens.redis_store import RedisTokenStore
 from tests.conftest import PASSWORD, MachineClient, password_login
+from tests.support.direct import cut_off_from_redis
 from tests.support.observing import metric
 from tests.support.roles import machine_token
 from tests.support.rsgi_fakes import Headers, Scope
-from tests.support.waiting import free_port
 
 PATH = "/api/v1/users/me"
 
@@ -171,10 +170,9 @@ def test_while_redis_cannot_be_reached_the_app_answers(
 ) -> None:
     environ = me(user_token)
     app_answer(app, environ)
-    nowhere = redis.Redis(port=free_port(), socket_connect_timeout=0.5)
-    cut_off = replace(services, redis=nowhere, store=RedisTokenStore(nowhere))
+    cut_off = cut_off_from_redis(services)
 
-    answer = DirectUsersMe(cut_off, app.json.dumps, vary_origin=False)(environ, b"")
+    answer = DirectUsersMe(cut_off, json_writer(app), vary_origin=False)(environ, b"")
     assert answer is None
 
 

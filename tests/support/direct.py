@@ -4,14 +4,18 @@ and the app's own answer to the same request, to hold the two against each other
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
+import redis
 from flask import Flask
 
 from oidc_server.rsgi import RECEIVED_AT, Answer, build_environ, run_wsgi
+from oidc_server.tokens.redis_store import RedisTokenStore
 
 from ..conftest import MachineClient
 from .rsgi_fakes import Headers, Scope
+from .waiting import free_port
 
 FORM = "application/x-www-form-urlencoded"
 
@@ -41,3 +45,10 @@ def app_answer(app: Flask, environ: dict[str, Any]) -> Answer:
     fresh = dict(environ)
     fresh["wsgi.input"].seek(0)
     return run_wsgi(app, fresh)
+
+
+def cut_off_from_redis(services: Any) -> Any:
+    """``services`` whose Redis client and store point at a port nothing listens on: every
+    read fails as an unreachable Redis does (a real connection, refused)."""
+    nowhere = redis.Redis(port=free_port(), socket_connect_timeout=0.5)
+    return replace(services, redis=nowhere, store=RedisTokenStore(nowhere))
