@@ -378,13 +378,14 @@ def test_the_production_adapter_asks_the_direct_answers_first(
     monkeypatch: pytest.MonkeyPatch, settings: Any, token_store: Any, rate_limits: bool
 ) -> None:
     # What each direct path answers is tests/direct's; here, that the server asks them first:
-    # the token only when no rate limit has to count the request, the role check (exempt
+    # the tokens only when no rate limit has to count the request, the role check (exempt
     # from rate limits) always.
     from oidc_server import app as app_module
     from oidc_server.direct import (
         DirectAnswers,
         DirectClientCredentials,
         DirectIntrospection,
+        DirectRefresh,
         DirectRoleCheck,
         DirectUsersMe,
         DirectWellKnown,
@@ -402,6 +403,7 @@ def test_the_production_adapter_asks_the_direct_answers_first(
         else:
             assert kinds == [
                 DirectClientCredentials,
+                DirectRefresh,
                 DirectRoleCheck,
                 DirectIntrospection,
                 DirectUsersMe,

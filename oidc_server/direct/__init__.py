@@ -8,6 +8,7 @@ answers one request shape of one endpoint with the calls the app's view makes an
 the app gives (body, headers, metrics, access line: ``answers.AnswerShape``):
 
 - ``token``: ``client_credentials`` with Basic credentials of a cached client;
+- ``refresh``: a refresh token of a user whose card is cached, for a cached client;
 - ``role_check``: ``HEAD /api/v1/users/<id>/roles/<id>`` with a machine token, from the
   role cache;
 - ``introspection``: an active access token, for a client with Basic credentials;
@@ -33,6 +34,7 @@ from flask import Flask
 
 from ..rsgi import Answer, FirstAnswer
 from .introspection import DirectIntrospection
+from .refresh import DirectRefresh
 from .role_check import DirectRoleCheck
 from .token import DirectClientCredentials
 from .users_me import DirectUsersMe
@@ -57,6 +59,7 @@ def answerer_for(app: Flask) -> DirectAnswers:
     """The direct answers ``app``'s settings allow (see each module)."""
     made = (
         DirectClientCredentials.for_app(app),
+        DirectRefresh.for_app(app),
         DirectRoleCheck.for_app(app),
         DirectIntrospection.for_app(app),
         DirectUsersMe.for_app(app),

@@ -17,6 +17,7 @@ from authlib.oauth2.rfc6749.errors import (
     InvalidScopeError,
     UnauthorizedClientError,
 )
+from flask import request
 from werkzeug.exceptions import TooManyRequests
 
 from .. import accounts, observability
@@ -32,10 +33,18 @@ from ..tokens.service import (
     RefreshTokenInvalid,
     RefreshTokenReused,
     RefreshTokenScopeExceeded,
+    SpentRefreshToken,
+    TokenService,
 )
 from .clients_generation import read_with_clients_generation
 
 log = logging.getLogger(__name__)
+
+#: Where the production server's direct refresh (``oidc_server/direct/refresh.py``) leaves, in
+#: the request's environ, the outcome of a spend it attempted and then left to the grant to
+#: answer: the spent token, or the exception the spend raised. A refresh token is spent at
+#: most once per request, so the grant answers that outcome rather than spend again.
+SPEND_ATTEMPT = "oidc_server.refresh_spend_attempt"
 
 
 def _check_scope(client: Any, scope: str | None) -> str:
@@ -180,12 +189,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         # Authlib would read the token and check its client and scope before having it spent:
         # the store does all of that in one atomic step (TokenStore.rotate_refresh_token).
         try:
-            spent = tokens.spend_refresh_token(
-                presented,
-                self.request.client.get_client_id(),
-                user_id,
-                self.request.payload.scope,
-            )
+            spent = self._spend(tokens, presented, user_id)
         except RefreshTokenScopeExceeded:
             raise InvalidScopeError() from None
         except RefreshTokenReused as reused:
@@ -200,6 +204,18 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         token = tokens.issue_after_refresh(spent, list(card.roles))
         observability.tokens_issued(self.GRANT_TYPE)
         return 200, token, self.TOKEN_RESPONSE_HEADER
+
+    def _spend(self, tokens: TokenService, presented: str, user_id: str) -> SpentRefreshToken:
+        """Spend the presented token, or take the outcome of the spend already attempted for
+        this request (``SPEND_ATTEMPT``)."""
+        attempted = request.environ.pop(SPEND_ATTEMPT, None)
+        if isinstance(attempted, SpentRefreshToken):
+            return attempted
+        if isinstance(attempted, Exception):
+            raise attempted
+        return tokens.spend_refresh_token(
+            presented, self.request.client.get_client_id(), user_id, self.request.payload.scope
+        )
 
 
 class ClientCredentialsGrant(grants.ClientCredentialsGrant):

@@ -1,5 +1,6 @@
 """The direct answers (oidc_server/direct) through the production server, over real HTTP:
-tokens, role checks and introspection answered, and the app still answering around them."""
+tokens, refreshes, role checks and introspection answered, and the app still answering around
+them."""
 
 from __future__ import annotations
 
@@ -121,6 +122,31 @@ def test_tokens_role_checks_and_introspection_through_the_production_server(
             peeked = requests.head(base + "/api/v1/users/me", headers=users_bearer, timeout=10)
             assert peeked.headers["Content-Length"] == mine[1].headers["Content-Length"]
 
+            # Refresh: a chain of rotations, then the first token again: reuse ends the session.
+            first = signed_in.json()["refresh_token"]
+            chain = [first]
+            for _ in range(4):
+                rotated = _refresh(base, chain[-1])
+                assert rotated.status_code == 200, rotated.text
+                assert rotated.headers["Cache-Control"] == "no-store"
+                chain.append(rotated.json()["refresh_token"])
+                access = rotated.json()["access_token"]
+                claims = jwt.decode(
+                    access,
+                    jwks.get_signing_key_from_jwt(access).key,
+                    algorithms=["RS256"],
+                    audience=settings.access_token_audience,
+                    issuer=settings.oidc_issuer,
+                )
+                assert (claims["sub"], claims["client_id"]) == (str(user.id), "cinema-app")
+            assert len(set(chain)) == 5
+            reused = _refresh(base, first)
+            assert reused.status_code == 400 and reused.json()["error"] == "invalid_grant"
+            ended = _refresh(base, chain[-1])
+            assert ended.status_code == 400 and ended.json()["error"] == "invalid_grant"
+            metrics = requests.get(base + "/metrics", timeout=10).text
+            assert "oidc_refresh_token_reuse_total 1.0" in metrics
+
             with services.db.session() as session:
                 row = session.query(OAuthClient).filter_by(client_id=machine.client_id).one()
                 row.is_active = False
@@ -133,6 +159,14 @@ def test_tokens_role_checks_and_introspection_through_the_production_server(
     log = (tmp_path / "server.log").read_text()
     assert machine.client_secret not in log
     assert not any(a.json()["access_token"] in log for a in answers)
+    assert not any(token in log for token in chain)
+
+
+def _refresh(base: str, refresh_token: str) -> requests.Response:
+    form = {"grant_type": "refresh_token", "client_id": "cinema-app"}
+    return requests.post(
+        base + "/oauth/token", data={**form, "refresh_token": refresh_token}, timeout=10
+    )
 
 
 def _answers(base: str, server: Any, folder: Path) -> bool:
