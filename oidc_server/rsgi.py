@@ -10,7 +10,9 @@ the (blocking) Flask app.
 What is refused here, before the app sees the request:
 
 - a body larger than ``max_body`` bytes: 413, unread when ``Content-Length`` announces it;
-- a body that has not fully arrived ``body_timeout`` seconds after the head: 408.
+- a body that has not fully arrived ``body_timeout`` seconds after the head: 408;
+- a request whose client closed its connection before its body had arrived: not answered
+  (nobody is there), and told to ``on_abandoned`` rather than raised into granian's error log.
 
 And a request that had to wait for a thread is not run at all if its client has gone by the
 time a thread is free (``on_abandoned`` is told): under overload, say 32 logins queued behind
@@ -52,6 +54,8 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+from granian.rsgi import ProtocolClosed
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +204,9 @@ class RSGIServer:
             status, headers, payload = _error(
                 408, "invalid_request", "the request body did not arrive in time"
             )
+        except ProtocolClosed:
+            self._abandoned("client gone before its request body arrived; not run", scope)
+            return  # nobody to answer
         else:
             environ = build_environ(scope, body)
             environ[RECEIVED_AT] = received_at
@@ -212,12 +219,7 @@ class RSGIServer:
                 else:
                     answer = await self._run_in_pool(environ, protocol)
             if answer is None:
-                log.info(
-                    "client gone before its request ran; not run",
-                    extra={"method": scope.method, "path": scope.path},
-                )
-                if self.on_abandoned is not None:
-                    self.on_abandoned()
+                self._abandoned("client gone before its request ran; not run", scope)
                 return  # nobody to answer
             status, headers, payload = answer
         protocol.response_bytes(status, headers, payload)
@@ -247,6 +249,11 @@ class RSGIServer:
         if gone is not None and gone.done():
             return None
         return self._run_guarded(environ)
+
+    def _abandoned(self, message: str, scope: Any) -> None:
+        log.info(message, extra={"method": scope.method, "path": scope.path})
+        if self.on_abandoned is not None:
+            self.on_abandoned()
 
     def _answer_first(self, environ: dict[str, Any], body: bytes) -> Answer | None:
         """``answers_first``'s answer, if it has one; on the event loop."""

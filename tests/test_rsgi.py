@@ -265,6 +265,21 @@ def test_a_request_that_started_runs_to_its_end_when_its_client_leaves(
     ]
 
 
+def test_a_client_that_leaves_halfway_through_its_body_is_not_answered_nor_an_error(
+    slow_app: tuple[int, Path], tmp_path: Path
+) -> None:
+    port, record = slow_app
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        head = "POST /half HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+        sock.sendall(head.encode() + b"only part of it")
+        time.sleep(0.2)
+    wait_for(lambda: "abandoned" in record.read_text().split(), "the request to be abandoned")
+    assert _status(_send(port, "/next")) == 200
+    assert record.read_text().split() == ["abandoned", "/next", "/next:request"]
+    log = (tmp_path / "granian.log").read_text()
+    assert "Traceback" not in log and "ProtocolClosed" not in log
+
+
 def test_a_quick_request_is_answered_on_the_loop_while_the_only_thread_is_busy(
     slow_app: tuple[int, Path],
 ) -> None:
