@@ -51,7 +51,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -64,8 +64,9 @@ Headers = list[tuple[str, str]]
 Answer = tuple[int, Headers, bytes]
 #: ``(method, path, body) -> bool``: whether a request is answered on the event loop.
 LoopPredicate = Callable[[str, str, bytes], bool]
-#: ``(environ, body) -> answer or None``: a request answered before the app, on the event loop.
-FirstAnswer = Callable[[dict[str, Any], bytes], "Answer | None"]
+#: ``(environ, body) -> answer or None``, awaited: a request answered before the app, on the
+#: event loop.
+FirstAnswer = Callable[[dict[str, Any], bytes], Awaitable["Answer | None"]]
 
 #: The environ key of the time a request arrived (``time.monotonic()``).
 RECEIVED_AT = "oidc_server.received_at"
@@ -210,7 +211,7 @@ class RSGIServer:
         else:
             environ = build_environ(scope, body)
             environ[RECEIVED_AT] = received_at
-            answer = self._answer_first(environ, body)
+            answer = await self._answer_first(environ, body)
             if answer is None:
                 if self.runs_on_loop is not None and self.runs_on_loop(
                     scope.method, scope.path, body
@@ -255,12 +256,12 @@ class RSGIServer:
         if self.on_abandoned is not None:
             self.on_abandoned()
 
-    def _answer_first(self, environ: dict[str, Any], body: bytes) -> Answer | None:
+    async def _answer_first(self, environ: dict[str, Any], body: bytes) -> Answer | None:
         """``answers_first``'s answer, if it has one; on the event loop."""
         if self.answers_first is None:
             return None
         try:
-            return self.answers_first(environ, body)
+            return await self.answers_first(environ, body)
         except Exception:
             # A bug there must not cost the request its answer: the app gives it.
             log.exception("answering before the app failed; the app answers")

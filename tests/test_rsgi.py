@@ -156,7 +156,7 @@ def _answer_with(answers_first: Any) -> tuple[tuple[int, Any, bytes] | None, lis
 def test_an_answer_given_first_is_sent_and_the_app_never_called() -> None:
     seen: list[tuple[str, bytes]] = []
 
-    def first(environ: dict[str, Any], body: bytes) -> Any:
+    async def first(environ: dict[str, Any], body: bytes) -> Any:
         seen.append((environ["PATH_INFO"], body))
         return 201, [("content-type", "text/plain")], b"given first"
 
@@ -167,7 +167,10 @@ def test_an_answer_given_first_is_sent_and_the_app_never_called() -> None:
 
 
 def test_without_an_answer_first_the_app_answers_with_the_whole_body() -> None:
-    answered, called = _answer_with(lambda environ, body: None)
+    async def none(environ: dict[str, Any], body: bytes) -> Any:
+        return None
+
+    answered, called = _answer_with(none)
     assert answered is not None and answered[2] == b"from the app"
     assert called == [b"the body"]
 
@@ -175,7 +178,7 @@ def test_without_an_answer_first_the_app_answers_with_the_whole_body() -> None:
 def test_a_failure_answering_first_leaves_the_request_to_the_app(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    def broken(environ: dict[str, Any], body: bytes) -> Any:
+    async def broken(environ: dict[str, Any], body: bytes) -> Any:
         raise RuntimeError("a bug")
 
     answered, called = _answer_with(broken)

@@ -36,6 +36,7 @@ from ..rsgi import Answer, FirstAnswer
 from .introspection import DirectIntrospection
 from .refresh import DirectRefresh
 from .role_check import DirectRoleCheck
+from .round_trips import RoundTrips
 from .token import DirectClientCredentials
 from .users_me import DirectUsersMe
 from .well_known import DirectWellKnown
@@ -47,22 +48,24 @@ class DirectAnswers:
     def __init__(self, answerers: list[FirstAnswer]) -> None:
         self.answerers = answerers
 
-    def __call__(self, environ: dict[str, Any], body: bytes) -> Answer | None:
+    async def __call__(self, environ: dict[str, Any], body: bytes) -> Answer | None:
         for answerer in self.answerers:
-            given = answerer(environ, body)
+            given = await answerer(environ, body)
             if given is not None:
                 return given
         return None
 
 
 def answerer_for(app: Flask) -> DirectAnswers:
-    """The direct answers ``app``'s settings allow (see each module)."""
+    """The direct answers ``app``'s settings allow (see each module), sharing their Redis
+    round trips (``round_trips``)."""
+    trips = RoundTrips(app.extensions["oidc"])
     made = (
-        DirectClientCredentials.for_app(app),
-        DirectRefresh.for_app(app),
-        DirectRoleCheck.for_app(app),
-        DirectIntrospection.for_app(app),
-        DirectUsersMe.for_app(app),
+        DirectClientCredentials.for_app(app, trips),
+        DirectRefresh.for_app(app, trips),
+        DirectRoleCheck.for_app(app, trips),
+        DirectIntrospection.for_app(app, trips),
+        DirectUsersMe.for_app(app, trips),
         DirectWellKnown.for_app(app),
     )
     return DirectAnswers([answerer for answerer in made if answerer is not None])

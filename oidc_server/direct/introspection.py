@@ -31,7 +31,6 @@ from authlib.consts import default_json_headers
 from flask import Flask
 
 from .. import cors
-from ..oauth.clients_generation import generation_and
 from ..oauth.endpoints import IntrospectionEndpoint, introspection_payload
 from ..oauth.protector import BearerCheck
 from ..roles import AccountCard
@@ -46,6 +45,7 @@ from .requests import (
     plain_form_post,
     secure_transport,
 )
+from .round_trips import RoundTrips
 
 INTROSPECT_PATH = "/oauth/introspect"
 ENDPOINT_NAME = IntrospectionEndpoint.ENDPOINT_NAME
@@ -57,22 +57,25 @@ class DirectIntrospection:
     """``(environ, body) -> answer or None``: the introspection of an active access token
     (see the module docstring), or None to let the app answer the request."""
 
-    def __init__(self, svc: Services, *, vary_origin: bool) -> None:
+    def __init__(
+        self, svc: Services, *, vary_origin: bool, trips: RoundTrips | None = None
+    ) -> None:
         self.svc = svc
+        self._trips = trips or RoundTrips(svc)
         self._seen = ProxiedView(svc)
         self._shape = AnswerShape.of_path(
             svc, "POST", INTROSPECT_PATH, default_json_headers, vary_origin=vary_origin
         )
 
     @classmethod
-    def for_app(cls, app: Flask) -> DirectIntrospection | None:
+    def for_app(cls, app: Flask, trips: RoundTrips | None = None) -> DirectIntrospection | None:
         """The direct path for ``app``'s introspection endpoint; None while rate limits are on."""
         svc: Services = app.extensions["oidc"]
         if svc.settings.ratelimit_enabled:
             return None
-        return cls(svc, vary_origin=cors.enabled(app))
+        return cls(svc, vary_origin=cors.enabled(app), trips=trips)
 
-    def __call__(self, environ: dict[str, Any], body: bytes) -> Answer | None:
+    async def __call__(self, environ: dict[str, Any], body: bytes) -> Answer | None:
         started = time.perf_counter()
         if not plain_form_post(environ, INTROSPECT_PATH):
             return None
@@ -93,8 +96,8 @@ class DirectIntrospection:
             return None  # perhaps a refresh token, perhaps nothing: the endpoint looks
         check = BearerCheck(claims, svc=self.svc)
         try:
-            generation, answers = generation_and(
-                self.svc, environ.get(RECEIVED_AT), tuple(check.reads)
+            generation, answers = await self._trips.generation_and(
+                environ.get(RECEIVED_AT), tuple(check.reads)
             )
         except StoreUnavailable:
             return None

@@ -39,7 +39,6 @@ from flask import Flask
 
 from .. import cors, observability
 from ..clients import RegisteredClient
-from ..oauth.clients_generation import generation_and
 from ..oauth.grants import SPEND_ATTEMPT, RefreshTokenGrant
 from ..roles import AccountCard
 from ..rsgi import RECEIVED_AT, Answer
@@ -54,6 +53,7 @@ from .requests import (
     plain_form_post,
     secure_transport,
 )
+from .round_trips import RoundTrips
 from .token import ENDPOINT_NAME, TOKEN_PATH
 
 GRANT_TYPE = RefreshTokenGrant.GRANT_TYPE
@@ -65,8 +65,11 @@ class DirectRefresh:
     """``(environ, body) -> answer or None``: the rotated tokens for a plain refresh request
     (see the module docstring), or None to let the grant answer the request."""
 
-    def __init__(self, svc: Services, *, vary_origin: bool) -> None:
+    def __init__(
+        self, svc: Services, *, vary_origin: bool, trips: RoundTrips | None = None
+    ) -> None:
         self.svc = svc
+        self._trips = trips or RoundTrips(svc)
         self._seen = ProxiedView(svc)
         self._shape = AnswerShape.of_path(
             svc,
@@ -78,14 +81,14 @@ class DirectRefresh:
         self._count_token = observability.tokens_issued_counter(GRANT_TYPE)
 
     @classmethod
-    def for_app(cls, app: Flask) -> DirectRefresh | None:
+    def for_app(cls, app: Flask, trips: RoundTrips | None = None) -> DirectRefresh | None:
         """The direct path for ``app``'s refresh grant; None while rate limits are on."""
         svc: Services = app.extensions["oidc"]
         if svc.settings.ratelimit_enabled:
             return None
-        return cls(svc, vary_origin=cors.enabled(app))
+        return cls(svc, vary_origin=cors.enabled(app), trips=trips)
 
-    def __call__(self, environ: dict[str, Any], body: bytes) -> Answer | None:
+    async def __call__(self, environ: dict[str, Any], body: bytes) -> Answer | None:
         started = time.perf_counter()
         if not plain_form_post(environ, TOKEN_PATH):
             return None
@@ -98,8 +101,7 @@ class DirectRefresh:
         if user_id is None or not secure_transport(seen):
             return None
         try:
-            generation, (card,) = generation_and(
-                self.svc,
+            generation, (card,) = await self._trips.generation_and(
                 environ.get(RECEIVED_AT),
                 (self.svc.role_cache.card_reads(uuid.UUID(user_id)),),
             )

@@ -31,10 +31,10 @@ from ..api.roles import READ
 from ..roles import Miss
 from ..rsgi import Answer
 from ..services import Services
-from ..tokens.reads import read_together
 from ..tokens.store import StoreUnavailable
 from .answers import AnswerShape, ProxiedView
 from .requests import bearer_claims
+from .round_trips import RoundTrips
 
 ENDPOINT = "roles.check_user_role"
 
@@ -43,8 +43,17 @@ class DirectRoleCheck:
     """``(environ, body) -> answer or None``: 200 or 404 for a plain role check (see the
     module docstring), or None to let the app answer the request."""
 
-    def __init__(self, svc: Services, urls: MapAdapter, route: str, *, vary_origin: bool) -> None:
+    def __init__(
+        self,
+        svc: Services,
+        urls: MapAdapter,
+        route: str,
+        *,
+        vary_origin: bool,
+        trips: RoundTrips | None = None,
+    ) -> None:
         self.svc = svc
+        self._trips = trips or RoundTrips(svc)
         #: The app's own routing: a path is a role check exactly when the app says so.
         self.urls = urls
         self._seen = ProxiedView(svc)
@@ -68,16 +77,17 @@ class DirectRoleCheck:
         self._not_held = shape(404, [("Content-Type", "application/json")])
 
     @classmethod
-    def for_app(cls, app: Flask) -> DirectRoleCheck:
+    def for_app(cls, app: Flask, trips: RoundTrips | None = None) -> DirectRoleCheck:
         [rule] = [rule for rule in app.url_map.iter_rules() if rule.endpoint == ENDPOINT]
         return cls(
             app.extensions["oidc"],
             app.url_map.bind("localhost"),  # the map matches no hosts: any name will do
             rule.rule,
             vary_origin=cors.enabled(app),
+            trips=trips,
         )
 
-    def __call__(self, environ: dict[str, Any], body: bytes) -> Answer | None:
+    async def __call__(self, environ: dict[str, Any], body: bytes) -> Answer | None:
         started = time.perf_counter()
         if (
             environ["REQUEST_METHOD"] != "HEAD"
@@ -98,8 +108,7 @@ class DirectRoleCheck:
         user_id, role_id = args["user_id"], args["role_id"]
         svc = self.svc
         try:
-            active, held = read_together(
-                svc.redis,
+            active, held = await self._trips.read(
                 svc.store.access_token_reads(claims["jti"], None),
                 svc.role_checker.cache.lookup_reads(user_id, role_id),
             )

@@ -30,7 +30,6 @@ from typing import Any
 from flask import Flask
 
 from .. import cors, observability
-from ..oauth.clients_generation import generation_and
 from ..oauth.grants import ClientCredentialsGrant
 from ..rsgi import RECEIVED_AT, Answer
 from ..services import Services
@@ -43,6 +42,7 @@ from .requests import (
     plain_form_post,
     secure_transport,
 )
+from .round_trips import RoundTrips
 
 TOKEN_PATH = "/oauth/token"
 GRANT_TYPE = ClientCredentialsGrant.GRANT_TYPE
@@ -56,8 +56,11 @@ class DirectClientCredentials:
     """``(environ, body) -> answer or None``: the token for a plain ``client_credentials``
     request (see the module docstring), or None to let the app answer the request."""
 
-    def __init__(self, svc: Services, *, vary_origin: bool) -> None:
+    def __init__(
+        self, svc: Services, *, vary_origin: bool, trips: RoundTrips | None = None
+    ) -> None:
         self.svc = svc
+        self._trips = trips or RoundTrips(svc)
         self._seen = ProxiedView(svc)
         self._shape = AnswerShape.of_path(
             svc,
@@ -69,14 +72,14 @@ class DirectClientCredentials:
         self._count_token = observability.tokens_issued_counter(GRANT_TYPE)
 
     @classmethod
-    def for_app(cls, app: Flask) -> DirectClientCredentials | None:
+    def for_app(cls, app: Flask, trips: RoundTrips | None = None) -> DirectClientCredentials | None:
         """The direct path for ``app``'s token endpoint; None while rate limits are on."""
         svc: Services = app.extensions["oidc"]
         if svc.settings.ratelimit_enabled:
             return None
-        return cls(svc, vary_origin=cors.enabled(app))
+        return cls(svc, vary_origin=cors.enabled(app), trips=trips)
 
-    def __call__(self, environ: dict[str, Any], body: bytes) -> Answer | None:
+    async def __call__(self, environ: dict[str, Any], body: bytes) -> Answer | None:
         started = time.perf_counter()
         if not plain_form_post(environ, TOKEN_PATH):
             return None
@@ -89,7 +92,7 @@ class DirectClientCredentials:
         if not secure_transport(environ):
             return None
         try:
-            generation, _ = generation_and(self.svc, environ.get(RECEIVED_AT))
+            generation, _ = await self._trips.generation_and(environ.get(RECEIVED_AT))
         except StoreUnavailable:
             return None
         client = basic_client(self.svc, generation, credentials, ENDPOINT_NAME)

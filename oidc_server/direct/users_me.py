@@ -27,10 +27,10 @@ from ..oauth.protector import BearerCheck
 from ..roles import AccountCard
 from ..rsgi import Answer
 from ..services import Services
-from ..tokens.reads import read_together
 from ..tokens.store import StoreUnavailable
 from .answers import AnswerShape, ProxiedView, json_writer
 from .requests import bearer_claims
+from .round_trips import RoundTrips
 
 ME_PATH = "/api/v1/users/me"
 
@@ -39,8 +39,16 @@ class DirectUsersMe:
     """``(environ, body) -> answer or None``: the signed-in user's account for a plain
     request (see the module docstring), or None to let the app answer the request."""
 
-    def __init__(self, svc: Services, write: Callable[[Any], bytes], *, vary_origin: bool) -> None:
+    def __init__(
+        self,
+        svc: Services,
+        write: Callable[[Any], bytes],
+        *,
+        vary_origin: bool,
+        trips: RoundTrips | None = None,
+    ) -> None:
         self.svc = svc
+        self._trips = trips or RoundTrips(svc)
         #: The app's JSON writer (``answers.json_writer``), so the bytes are the view's.
         self._write = write
         self._schema = MeSchema()
@@ -50,16 +58,16 @@ class DirectUsersMe:
         )
 
     @classmethod
-    def for_app(cls, app: Flask) -> DirectUsersMe | None:
+    def for_app(cls, app: Flask, trips: RoundTrips | None = None) -> DirectUsersMe | None:
         """The direct path for ``app``'s ``/users/me``; None while rate limits are on, or when
         Flask would indent its JSON (debug mode)."""
         svc: Services = app.extensions["oidc"]
         write = json_writer(app)
         if svc.settings.ratelimit_enabled or write is None:
             return None
-        return cls(svc, write, vary_origin=cors.enabled(app))
+        return cls(svc, write, vary_origin=cors.enabled(app), trips=trips)
 
-    def __call__(self, environ: dict[str, Any], body: bytes) -> Answer | None:
+    async def __call__(self, environ: dict[str, Any], body: bytes) -> Answer | None:
         started = time.perf_counter()
         shape = self._shapes.get(environ["REQUEST_METHOD"])
         if (
@@ -76,7 +84,7 @@ class DirectUsersMe:
         if check.user_id is None:
             return None
         try:
-            token = check.token(read_together(self.svc.redis, *check.reads))
+            token = check.token(await self._trips.read(*check.reads))
         except StoreUnavailable:
             return None
         if token is None or not isinstance(token.card, AccountCard):

@@ -94,7 +94,7 @@ class DirectWellKnown:
             return None
         return cls(app.extensions["oidc"], write, vary_origin=cors.enabled(app))
 
-    def __call__(self, environ: dict[str, Any], body: bytes) -> Answer | None:
+    async def __call__(self, environ: dict[str, Any], body: bytes) -> Answer | None:
         started = time.perf_counter()
         document = self.documents.get(environ["PATH_INFO"])
         if (

@@ -18,7 +18,7 @@ from oidc_server.models import User
 from oidc_server.rsgi import RECEIVED_AT, Answer
 from oidc_server.tokens.redis_store import RedisTokenStore
 from tests.conftest import PASSWORD, MachineClient, make_client, password_login
-from tests.support.direct import app_answer, cut_off_from_redis, form_post
+from tests.support.direct import Answering, app_answer, cut_off_from_redis, form_post, synchronously
 from tests.support.observing import metric
 from tests.support.roles import machine_token
 
@@ -41,10 +41,10 @@ def raw(machine: MachineClient, body: bytes) -> tuple[dict[str, Any], bytes]:
     return form_post(PATH, machine, body), body
 
 
-def direct(app: Flask) -> DirectIntrospection:
+def direct(app: Flask) -> Answering:
     made = DirectIntrospection.for_app(app)
     assert made is not None
-    return made
+    return synchronously(made)
 
 
 def named(answer: Answer) -> tuple[int, dict[str, str], dict[str, Any]]:
@@ -238,7 +238,8 @@ def test_while_redis_cannot_be_reached_the_app_answers(
     cached(app, machine, token)
     cut_off = cut_off_from_redis(services)
 
-    answered = DirectIntrospection(cut_off, vary_origin=False)(*introspection(machine, token))
+    cut_off_path = synchronously(DirectIntrospection(cut_off, vary_origin=False))
+    answered = cut_off_path(*introspection(machine, token))
     assert answered is None
 
 

@@ -21,7 +21,7 @@ from oidc_server.rsgi import Answer
 from oidc_server.tokens.redis_store import RedisTokenStore
 from oidc_server.tokens.service import RefreshTokenReused, RefreshTokenScopeExceeded
 from tests.conftest import PASSWORD, MachineClient, make_client, password_login
-from tests.support.direct import app_answer, cut_off_from_redis, form_post
+from tests.support.direct import Answering, app_answer, cut_off_from_redis, form_post, synchronously
 from tests.support.observing import LogCapture, metric
 from tests.support.waiting import free_port
 
@@ -70,10 +70,10 @@ def ready(app: Flask, user: Any) -> str:
     return json.loads(answered)["refresh_token"]
 
 
-def direct(app: Flask) -> DirectRefresh:
+def direct(app: Flask) -> Answering:
     made = DirectRefresh.for_app(app)
     assert made is not None
-    return made
+    return synchronously(made)
 
 
 def refreshed_by_the_app(app: Flask, refresh_token: str) -> int:
@@ -241,10 +241,8 @@ def test_while_redis_cannot_be_reached_nothing_is_sent(
     presented = ready(app, user)
     environ = request(body(presented))
 
-    assert (
-        DirectRefresh(cut_off_from_redis(services), vary_origin=False)(environ, body(presented))
-        is None
-    )
+    cut_off = synchronously(DirectRefresh(cut_off_from_redis(services), vary_origin=False))
+    assert cut_off(environ, body(presented)) is None
     assert SPEND_ATTEMPT not in environ
     assert refreshed_by_the_app(app, presented) == 200
 
@@ -296,7 +294,8 @@ def test_a_store_lost_during_the_spend_is_the_grants_to_answer(
     spends_nowhere = replace(services, tokens=replace_store(services.tokens, nowhere))
     environ = request(body(presented))
 
-    assert DirectRefresh(spends_nowhere, vary_origin=False)(environ, body(presented)) is None
+    refresh = synchronously(DirectRefresh(spends_nowhere, vary_origin=False))
+    assert refresh(environ, body(presented)) is None
 
     assert SPEND_ATTEMPT in environ
     assert app_answer(app, environ)[0] == 503  # not a second spend through the working store

@@ -17,7 +17,7 @@ from oidc_server.rsgi import Answer, build_environ, run_wsgi
 from oidc_server.tokens.access_tokens import AccessTokenCodec
 from oidc_server.tokens.redis_store import RedisTokenStore
 from tests.conftest import PASSWORD, MachineClient, make_client
-from tests.support.direct import cut_off_from_redis
+from tests.support.direct import Answering, cut_off_from_redis, synchronously
 from tests.support.observing import LogCapture, metric
 from tests.support.roles import machine_token, role_id
 from tests.support.rsgi_fakes import Headers, Scope
@@ -58,8 +58,8 @@ def app_answer(app: Flask, environ: dict[str, Any]) -> Answer:
     return run_wsgi(app, dict(environ))
 
 
-def direct(app: Flask) -> DirectRoleCheck:
-    return DirectRoleCheck.for_app(app)
+def direct(app: Flask) -> Answering:
+    return synchronously(DirectRoleCheck.for_app(app))
 
 
 def named(answer: Answer) -> tuple[int, dict[str, str], bytes]:
@@ -259,4 +259,5 @@ def test_while_redis_cannot_be_reached_the_app_answers(
     cut_off = cut_off_from_redis(services)
     urls = app.url_map.bind("localhost")
 
-    assert DirectRoleCheck(cut_off, urls, ROUTE, vary_origin=False)(environ, b"") is None
+    cut_off_check = synchronously(DirectRoleCheck(cut_off, urls, ROUTE, vary_origin=False))
+    assert cut_off_check(environ, b"") is None

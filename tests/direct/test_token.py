@@ -20,7 +20,14 @@ from oidc_server.models import OAuthClient
 from oidc_server.rsgi import RECEIVED_AT, Answer
 from oidc_server.tokens.redis_store import RedisTokenStore
 from tests.conftest import MachineClient, make_client
-from tests.support.direct import FORM, app_answer, cut_off_from_redis, form_post
+from tests.support.direct import (
+    FORM,
+    Answering,
+    app_answer,
+    cut_off_from_redis,
+    form_post,
+    synchronously,
+)
 from tests.support.observing import LogCapture, metric
 
 PLAIN = b"grant_type=client_credentials"
@@ -44,10 +51,10 @@ def cached(app: Flask, machine: MachineClient) -> MachineClient:
     return machine
 
 
-def direct(app: Flask) -> DirectClientCredentials:
+def direct(app: Flask) -> Answering:
     made = DirectClientCredentials.for_app(app)
     assert made is not None
-    return made
+    return synchronously(made)
 
 
 def token_claims(app: Flask, body: bytes) -> dict[str, Any]:
@@ -323,7 +330,8 @@ def test_while_redis_cannot_be_reached_the_app_answers(
     cached(app, machine)
     cut_off = cut_off_from_redis(services)
 
-    assert DirectClientCredentials(cut_off, vary_origin=False)(request(machine), PLAIN) is None
+    token = synchronously(DirectClientCredentials(cut_off, vary_origin=False))
+    assert token(request(machine), PLAIN) is None
 
 
 def test_not_used_while_rate_limits_are_on(app_with: Callable[..., Flask]) -> None:

@@ -15,7 +15,7 @@ from oidc_server.models import User
 from oidc_server.rsgi import Answer, build_environ, run_wsgi
 from oidc_server.tokens.redis_store import RedisTokenStore
 from tests.conftest import PASSWORD, MachineClient, password_login
-from tests.support.direct import cut_off_from_redis
+from tests.support.direct import Answering, cut_off_from_redis, synchronously
 from tests.support.observing import metric
 from tests.support.roles import machine_token
 from tests.support.rsgi_fakes import Headers, Scope
@@ -56,10 +56,10 @@ def app_answer(app: Flask, environ: dict[str, Any]) -> Answer:
     return run_wsgi(app, dict(environ))
 
 
-def direct(app: Flask) -> DirectUsersMe:
+def direct(app: Flask) -> Answering:
     made = DirectUsersMe.for_app(app)
     assert made is not None
-    return made
+    return synchronously(made)
 
 
 def named(answer: Answer) -> tuple[int, dict[str, str], bytes]:
@@ -172,7 +172,8 @@ def test_while_redis_cannot_be_reached_the_app_answers(
     app_answer(app, environ)
     cut_off = cut_off_from_redis(services)
 
-    answer = DirectUsersMe(cut_off, json_writer(app), vary_origin=False)(environ, b"")
+    me_path = synchronously(DirectUsersMe(cut_off, json_writer(app), vary_origin=False))
+    answer = me_path(environ, b"")
     assert answer is None
 
 

@@ -11,6 +11,7 @@ from flask import Flask
 
 from oidc_server.direct.well_known import DISCOVERY_PATHS, JWKS_PATH, DirectWellKnown
 from oidc_server.rsgi import Answer, build_environ, run_wsgi
+from tests.support.direct import Answering, synchronously
 from tests.support.observing import metric
 from tests.support.rsgi_fakes import Headers, Scope
 
@@ -31,10 +32,10 @@ def named(answer: Answer) -> tuple[int, dict[str, str], bytes]:
     return status, {name.lower(): value for name, value in headers}, body
 
 
-def direct(app: Flask) -> DirectWellKnown:
+def direct(app: Flask) -> Answering:
     made = DirectWellKnown.for_app(app)
     assert made is not None
-    return made
+    return synchronously(made)
 
 
 @pytest.mark.parametrize("method", ["GET", "HEAD"])

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from oidc_server.direct import answerer_for
 from oidc_server.rsgi import build_environ, run_wsgi
 from tests.conftest import MachineClient
+from tests.support.direct import synchronously
 from tests.support.roles import machine_token
 from tests.support.rsgi_fakes import Headers, Scope
 
@@ -71,7 +72,7 @@ def test_a_direct_answer_is_given_or_left_never_raised(
     authorization: str | None,
     body: bytes,
 ) -> None:
-    answer = answerer_for(app)
+    answer = synchronously(answerer_for(app))
     pairs = [("host", "localhost"), ("content-type", content_type)]
     if authorization is not None:
         pairs.append(("authorization", authorization))
@@ -118,7 +119,7 @@ def test_with_real_credentials_an_answer_is_a_success_the_app_agrees_with(
     pairs.append(("authorization", authorization))
     environ = build_environ(Scope(Headers(pairs), method=method, path=path, query_string=""), body)
 
-    given_answer = answerer_for(app)(environ, body)
+    given_answer = synchronously(answerer_for(app))(environ, body)
 
     if given_answer is not None:
         environ["wsgi.input"].seek(0)

@@ -3,7 +3,9 @@ and the app's own answer to the same request, to hold the two against each other
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -18,6 +20,17 @@ from .rsgi_fakes import Headers, Scope
 from .waiting import free_port
 
 FORM = "application/x-www-form-urlencoded"
+
+#: A direct answer as the tests call it: ``(environ, body) -> answer or None``, to its end.
+Answering = Callable[[dict[str, Any], bytes], "Answer | None"]
+
+
+def synchronously(
+    answerer: Callable[[dict[str, Any], bytes], Awaitable[Answer | None]],
+) -> Answering:
+    """``answerer`` (a direct answer, which the server awaits on its event loop) run to its end
+    on an event loop of its own, its Redis round trip included."""
+    return lambda environ, body: asyncio.run(answerer(environ, body))
 
 
 def form_post(

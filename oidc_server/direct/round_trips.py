@@ -1,0 +1,78 @@
+"""One Redis round trip for the reads of every request a worker's event loop is answering.
+
+A direct answer reads Redis once (a token's revocation, a user's card, the clients'
+generation) and the read blocks the event loop: measured under load (session 12), one round
+trip per request cost 0.10 ms of the worker's CPU and 0.15 ms of the machine's, as much as all
+the rest of a role check. Under load several requests are ready in the same turn of the loop,
+so their reads are gathered here and sent together, as one pipeline, at the start of the next
+turn (``read_together`` over all of them): each request waits for its answers, and one round
+trip serves them all. Alone, a request waits one turn of the loop, which is nothing.
+
+Each ``Reads`` is read-only and stays on one Redis Cluster slot, so batching changes nothing
+of what each answer means: every command is atomic, the set never was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from ..clients import CLIENTS_GENERATION
+from ..services import Services
+from ..tokens.reads import Reads, read_together
+
+
+class RoundTrips:
+    """The reads of the requests ready in one turn of the event loop, sent together."""
+
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+        self._waiting: list[tuple[tuple[Reads[Any], ...], asyncio.Future[list[Any]]]] = []
+
+    async def read(self, *reads: Reads[Any]) -> list[Any]:
+        """The answers of ``reads``, in order, from the next round trip.
+
+        Raises ``StoreUnavailable`` when Redis cannot be reached.
+        """
+        if not any(read.commands for read in reads):
+            return read_together(None, *reads)  # answered in this process
+        loop = asyncio.get_running_loop()
+        answered: asyncio.Future[list[Any]] = loop.create_future()
+        self._waiting.append((reads, answered))
+        if len(self._waiting) == 1:
+            loop.call_soon(self._send)
+        return await answered
+
+    async def generation_and(
+        self, received_at: float | None, reads: tuple[Reads[Any], ...] = ()
+    ) -> tuple[str, list[Any]]:
+        """``clients_generation.generation_and`` in the next round trip: the clients'
+        generation, from a read sent since ``received_at`` or with ``reads``; their answers."""
+        cache = self.svc.client_cache
+        generation = cache.generation_read_since(received_at)
+        if generation is not None:
+            return generation, await self.read(*reads)
+        # Noted as sent now, before it is: conservative, as a read sent later sees more.
+        sent_at = time.monotonic()
+        generation, *answers = await self.read(
+            self.svc.store.generation_reads(CLIENTS_GENERATION), *reads
+        )
+        cache.note_generation_read(sent_at, generation)
+        return generation, answers
+
+    def _send(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        everyone = [read for reads, _ in waiting for read in reads]
+        try:
+            answers = read_together(self.svc.redis, *everyone)
+        except Exception as failed:  # StoreUnavailable, or a bug: each request hears of it
+            for _, answered in waiting:
+                if not answered.done():
+                    answered.set_exception(failed)
+            return
+        start = 0
+        for reads, answered in waiting:
+            if not answered.done():  # its request may have been cancelled meanwhile
+                answered.set_result(answers[start : start + len(reads)])
+            start += len(reads)

@@ -1,0 +1,136 @@
+"""The direct answers' Redis reads, gathered per turn of the event loop (direct/round_trips.py):
+one round trip for every request ready together, each request its own answers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from oidc_server.clients import CLIENTS_GENERATION
+from oidc_server.direct.round_trips import RoundTrips
+from oidc_server.tokens.reads import Reads
+from oidc_server.tokens.redis_store import RedisTokenStore
+from oidc_server.tokens.store import StoreUnavailable
+from tests.support.direct import cut_off_from_redis
+from tests.support.redis_trips import round_trips
+
+
+@pytest.fixture(autouse=True)
+def _needs_redis(services: Any) -> None:
+    if not isinstance(services.store, RedisTokenStore):
+        pytest.skip("TEST_REDIS_URL not set (CI always sets it)")
+
+
+def revoked(services: Any, jti: str) -> str:
+    services.store.deny_access_token(jti, 60)
+    return jti
+
+
+def active(services: Any, jti: str) -> Reads[bool]:
+    return services.store.access_token_reads(jti, None)
+
+
+def test_reads_of_requests_ready_together_share_one_round_trip(
+    services: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trips = RoundTrips(services)
+    gone = revoked(services, "revoked-jti")
+
+    async def three_requests() -> list[Any]:
+        return await asyncio.gather(
+            trips.read(active(services, "live-jti")),
+            trips.read(active(services, gone)),
+            trips.read(active(services, "other-jti"), active(services, gone)),
+        )
+
+    with round_trips(monkeypatch) as sent:
+        answers = asyncio.run(three_requests())
+
+    assert sent == [1]
+    assert answers == [[True], [False], [True, False]]
+
+
+def test_a_request_alone_is_sent_at_once_and_each_turn_has_its_own_trip(
+    services: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trips = RoundTrips(services)
+    gone = revoked(services, "b")
+
+    async def one_after_another() -> list[Any]:
+        first = await trips.read(active(services, "a"))
+        second = await trips.read(active(services, gone))
+        return [first, second]
+
+    with round_trips(monkeypatch) as sent:
+        assert asyncio.run(one_after_another()) == [[True], [False]]
+    assert sent == [1, 1]
+
+
+def test_reads_answered_in_this_process_make_no_round_trip(
+    services: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trips = RoundTrips(services)
+    with round_trips(monkeypatch) as sent:
+        assert asyncio.run(trips.read(Reads.local(lambda: "here"))) == ["here"]
+    assert sent == []
+
+
+def test_redis_unreachable_reaches_every_request_of_the_trip(services: Any) -> None:
+    trips = RoundTrips(cut_off_from_redis(services))
+
+    async def two_requests() -> list[Any]:
+        return await asyncio.gather(
+            trips.read(active(services, "a")),
+            trips.read(active(services, "b")),
+            return_exceptions=True,
+        )
+
+    answers = asyncio.run(two_requests())
+    assert [type(answer) for answer in answers] == [StoreUnavailable, StoreUnavailable]
+
+
+def test_a_request_cancelled_while_waiting_leaves_the_others_their_answers(
+    services: Any,
+) -> None:
+    trips = RoundTrips(services)
+
+    async def one_cancelled() -> Any:
+        leaving = asyncio.ensure_future(trips.read(active(services, "a")))
+        staying = asyncio.ensure_future(trips.read(active(services, "b")))
+        await asyncio.sleep(0)  # both registered
+        leaving.cancel()
+        return await staying
+
+    assert asyncio.run(one_cancelled()) == [True]
+
+
+def test_the_clients_generation_is_read_once_for_a_turn_and_then_shared(
+    services: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trips = RoundTrips(services)
+    services.store.bump_generation(CLIENTS_GENERATION)
+    current = services.store.get_generation(CLIENTS_GENERATION)
+    arrived = time.monotonic()
+
+    async def two_requests() -> list[Any]:
+        return await asyncio.gather(
+            trips.generation_and(arrived, (active(services, "a"),)),
+            trips.generation_and(arrived),
+        )
+
+    with round_trips(monkeypatch) as sent:
+        first, second = asyncio.run(two_requests())
+    assert sent == [1]
+    assert first == (current, [True]) and second == (current, [])
+
+    # A request that arrived before that read was sent needs no read of its own.
+    with round_trips(monkeypatch) as sent:
+        assert asyncio.run(trips.generation_and(arrived)) == (current, [])
+    assert sent == []
+    # One that arrived after it does.
+    with round_trips(monkeypatch) as sent:
+        assert asyncio.run(trips.generation_and(time.monotonic() + 1)) == (current, [])
+    assert sent == [1]
