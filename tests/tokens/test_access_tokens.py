@@ -131,3 +131,79 @@ def test_forged_tokens_are_refused_by_the_resource_protector_and_introspection(
             "/oauth/introspect", data={"token": token}, headers=machine.basic
         )
         assert introspected.status_code == 200 and introspected.json == {"active": False}, name
+
+
+# Verified tokens remembered --------------------------------------------------------------
+
+
+def signature_checks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Counts the signatures the codec decodes, which it does only to check them."""
+    from oidc_server.tokens import access_tokens
+
+    checked: list[str] = []
+    decode = access_tokens._decode_segment
+
+    def counting(segment: str) -> bytes | None:
+        checked.append(segment)
+        return decode(segment)
+
+    monkeypatch.setattr(access_tokens, "_decode_segment", counting)
+    return checked
+
+
+def test_a_token_verified_once_is_not_checked_again_but_its_claims_are_copies(
+    codec: AccessTokenCodec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token, _ = codec.issue(subject="svc", client_id="svc", scope="roles:read")
+    checked = signature_checks(monkeypatch)
+    first = codec.verify(token)
+    assert first is not None and len(checked) == 3  # header, claims, signature
+    first["scope"] = "changed by a caller"
+
+    again = codec.verify(token)
+
+    assert again is not None and again["scope"] == "roles:read"
+    assert len(checked) == 3
+
+
+def test_a_remembered_token_still_expires(tmp_path: Any) -> None:
+    now = [1_800_000_000.0]
+    ring = KeyRing(tmp_path, max_token_lifetime=900, clock=lambda: now[0])
+    ring.ensure_key()
+    codec = AccessTokenCodec(ring, "https://id.example", "cinema", ttl=900, clock=lambda: now[0])
+    token, _ = codec.issue(subject="svc", client_id="svc", scope="roles:read")
+    assert codec.verify(token) is not None
+
+    now[0] += 901
+
+    assert codec.verify(token) is None
+
+
+def test_a_remembered_token_whose_key_was_removed_is_refused(
+    codec: AccessTokenCodec, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token, _ = codec.issue(subject="svc", client_id="svc", scope="roles:read")
+    assert codec.verify(token) is not None
+    codec.keyring.rotate()
+    monkeypatch.setattr("oidc_server.keys.RELOAD_INTERVAL", -1)  # every look reads the folder
+    [old] = [p for p in tmp_path.glob("*.pem") if codec.keyring.current.kid not in p.name]
+
+    assert codec.verify(token) is not None  # rotated: still published, still verified
+    old.unlink()
+
+    assert codec.verify(token) is None
+
+
+def test_only_so_many_tokens_are_remembered(
+    codec: AccessTokenCodec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from oidc_server.tokens import access_tokens
+
+    monkeypatch.setattr(access_tokens, "VERIFIED_TOKENS", 2)
+    tokens = [codec.issue(subject=f"s{n}", client_id="c", scope="")[0] for n in range(3)]
+    for token in tokens:
+        assert codec.verify(token) is not None
+    checked = signature_checks(monkeypatch)
+
+    assert codec.verify(tokens[2]) is not None and checked == []  # among the last two
+    assert codec.verify(tokens[0]) is not None and len(checked) == 3  # forgotten: checked
