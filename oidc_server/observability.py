@@ -17,7 +17,6 @@ import logging
 import os
 import re
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -280,7 +279,9 @@ class RequestIdMiddleware:
 
 def request_id_for(caller_value: str | None) -> str:
     """The id of a request whose ``X-Request-ID`` header is ``caller_value``."""
-    return sane_request_id(caller_value) or uuid.uuid4().hex
+    # 32 hex digits like uuid4().hex, all 128 bits random, at a quarter of its cost (every
+    # answer makes one).
+    return sane_request_id(caller_value) or os.urandom(16).hex()
 
 
 @contextmanager
@@ -312,22 +313,24 @@ class RequestRecorder:
         self.latency = HTTP_LATENCY.labels(label, route)
         self.level = logging.DEBUG if route in _QUIET_ROUTES else logging.INFO
 
-    def record(self, duration: float, path: str, ip: str) -> None:
+    def record(self, duration: float, path: str, ip: str, request_id: str | None = None) -> None:
+        """``request_id`` names the request in the access line, for a caller outside
+        ``request_id_bound``."""
         self.count.inc()
         self.latency.observe(duration)
-        method, route, status = self.method, self.route, self.status
-        access_log.log(
-            self.level,
-            "request",
-            extra={
-                "method": method,
-                "path": path,
-                "route": route,
-                "status": status,
-                "duration_ms": round(duration * 1000, 2),
-                "ip": ip,
-            },
-        )
+        if not access_log.isEnabledFor(self.level):
+            return
+        extra = {
+            "method": self.method,
+            "path": path,
+            "route": self.route,
+            "status": self.status,
+            "duration_ms": round(duration * 1000, 2),
+            "ip": ip,
+        }
+        if request_id is not None:
+            extra["request_id"] = request_id
+        access_log.log(self.level, "request", extra=extra)
 
 
 def _record_request(response: Response) -> Response:

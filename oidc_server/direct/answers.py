@@ -102,12 +102,12 @@ class AnswerShape:
             ("Content-Length", str(len(body))),
             (observability.REQUEST_ID_HEADER, request_id),
         ]
-        with observability.request_id_bound(request_id):
-            self._recorder.record(
-                time.perf_counter() - started,
-                environ["PATH_INFO"],
-                environ.get("REMOTE_ADDR") or "",
-            )
+        self._recorder.record(
+            time.perf_counter() - started,
+            environ["PATH_INFO"],
+            environ.get("REMOTE_ADDR") or "",
+            request_id,
+        )
         return self.status, headers, b"" if self._head else body
 
 
