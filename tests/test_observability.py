@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -352,3 +354,46 @@ def test_log_level_is_read_in_any_case(level: str) -> None:
         assert root.level == logging.WARNING
     finally:
         root.setLevel(before)
+
+
+def _every_substitution(text: str) -> str:
+    """``redact_text`` without its pre-check: each pattern substituted in turn."""
+    for pattern in observability._SENSITIVE_TEXT:
+        text = pattern.sub(observability.REDACTED, text)
+    text = observability._AUTH_SCHEME.sub(lambda m: f"{m.group(1)} {observability.REDACTED}", text)
+    return observability._KEY_VALUE.sub(lambda m: f"{m.group(1)}={observability.REDACTED}", text)
+
+
+_FRAGMENTS = st.sampled_from(
+    [
+        "eyJ",
+        "eyj",
+        "EYJ",
+        ".",
+        "=",
+        "&",
+        " ",
+        "\t",
+        "/",
+        "Bearer",
+        "bearer ",
+        "BASIC ",
+        "code",
+        "client_secret",
+        "Token",
+        "password",
+        "abcdEFGH",
+        "0123456789",
+        "_-",
+        "x" * 16,
+        "y" * 32,
+        "é",
+        "\u2028",
+    ]
+)
+
+
+@given(st.lists(_FRAGMENTS | st.text(max_size=8), max_size=24).map("".join))
+@settings(max_examples=400, deadline=None)
+def test_the_pre_check_never_lets_through_what_the_substitutions_would_blank(text: str) -> None:
+    assert observability.redact_text(text) == _every_substitution(text)
