@@ -24,7 +24,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
-from ..keys import KeyRing
+from ..keys import KeyRing, SigningKey
 
 #: RFC 9068 §2.1: the media type of JWT access tokens.
 ACCESS_TOKEN_TYP = "at+jwt"
@@ -97,7 +97,7 @@ class AccessTokenCodec:
         self.ttl = ttl
         self._clock = clock
         #: Tokens whose signature was verified: token -> (claims, the key that verified it).
-        self._verified: dict[str, tuple[dict[str, Any], Any]] = {}
+        self._verified: dict[str, tuple[dict[str, Any], SigningKey]] = {}
 
     def issue(
         self,
@@ -135,10 +135,11 @@ class AccessTokenCodec:
         """The claims of a token we signed that has not expired; None for anything else.
 
         A resource server presents the same token for as long as it lives, and the signature
-        check was most of a role check's CPU (session 12). So the last ``VERIFIED_TOKENS``
-        verified tokens are remembered, each with the key that verified it: that exact string
-        is taken as verified again while that key is still in the ring; its claims (expiry
-        included) are checked every time.
+        check was 40 us of a role check's Python (docs/scaling.md, session 12). So the last
+        ``VERIFIED_TOKENS`` verified tokens are remembered, each with the key that verified it:
+        that exact string is taken as verified again while that key is still in the ring; its
+        claims (expiry included) are checked every time, and each caller gets its own copy of
+        the mapping.
         """
         remembered = self._verified.get(token) if isinstance(token, str) else None
         if remembered is not None:
@@ -175,7 +176,7 @@ class AccessTokenCodec:
         self._remember(token, claims, key)
         return dict(claims)
 
-    def _remember(self, token: str, claims: dict[str, Any], key: Any) -> None:
+    def _remember(self, token: str, claims: dict[str, Any], key: SigningKey) -> None:
         verified = self._verified
         if len(verified) >= VERIFIED_TOKENS:
             # The oldest goes; another thread may have taken it already.
