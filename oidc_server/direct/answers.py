@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from flask import Flask
 from werkzeug.datastructures import Headers
 
-from .. import observability
+from .. import cors, observability
 from ..app import behind_trusted_proxy
 from ..rsgi import Answer
 from ..security_headers import add_security_headers
 from ..services import Services
+from .round_trips import RoundTrips
 
 
 class AnswerShape:
@@ -143,3 +144,34 @@ class ProxiedView:
         seen = dict(environ)  # the app still gets the request as it came
         self._proxy_fix(seen, None)
         return seen
+
+
+class FormPostAnswer:
+    """What the direct answers to form POSTs share (a token, a refresh, an introspection): one
+    path and the 200 answer its view gives (``HEADERS``, the view's own), the request as the
+    app sees it (``ProxiedView``), the worker's gathered Redis reads (``RoundTrips``).
+
+    None of them is used while rate limits are on: flask-limiter counts these routes in its own
+    keys, which only its hooks keep.
+    """
+
+    PATH: ClassVar[str]
+    HEADERS: ClassVar[list[tuple[str, str]]]
+
+    def __init__(
+        self, svc: Services, *, vary_origin: bool, trips: RoundTrips | None = None
+    ) -> None:
+        self.svc = svc
+        self._trips = trips or RoundTrips(svc)
+        self._seen = ProxiedView(svc)
+        self._shape = AnswerShape.of_path(
+            svc, "POST", self.PATH, self.HEADERS, vary_origin=vary_origin
+        )
+
+    @classmethod
+    def for_app(cls, app: Flask, trips: RoundTrips | None = None) -> Self | None:
+        """The direct path for ``app``'s endpoint; None while rate limits are on."""
+        svc: Services = app.extensions["oidc"]
+        if svc.settings.ratelimit_enabled:
+            return None
+        return cls(svc, vary_origin=cors.enabled(app), trips=trips)

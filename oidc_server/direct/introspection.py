@@ -28,16 +28,13 @@ import time
 from typing import Any
 
 from authlib.consts import default_json_headers
-from flask import Flask
 
-from .. import cors
 from ..oauth.endpoints import IntrospectionEndpoint, introspection_payload
 from ..oauth.protector import BearerCheck
 from ..roles import AccountCard
 from ..rsgi import RECEIVED_AT, Answer
-from ..services import Services
 from ..tokens.store import StoreUnavailable
-from .answers import AnswerShape, ProxiedView
+from .answers import FormPostAnswer
 from .requests import (
     basic_client,
     basic_credentials,
@@ -45,7 +42,6 @@ from .requests import (
     plain_form_post,
     secure_transport,
 )
-from .round_trips import RoundTrips
 
 INTROSPECT_PATH = "/oauth/introspect"
 ENDPOINT_NAME = IntrospectionEndpoint.ENDPOINT_NAME
@@ -53,27 +49,12 @@ ENDPOINT_NAME = IntrospectionEndpoint.ENDPOINT_NAME
 FIELDS = frozenset({"token", "token_type_hint"})
 
 
-class DirectIntrospection:
+class DirectIntrospection(FormPostAnswer):
     """``(environ, body) -> answer or None``: the introspection of an active access token
     (see the module docstring), or None to let the app answer the request."""
 
-    def __init__(
-        self, svc: Services, *, vary_origin: bool, trips: RoundTrips | None = None
-    ) -> None:
-        self.svc = svc
-        self._trips = trips or RoundTrips(svc)
-        self._seen = ProxiedView(svc)
-        self._shape = AnswerShape.of_path(
-            svc, "POST", INTROSPECT_PATH, default_json_headers, vary_origin=vary_origin
-        )
-
-    @classmethod
-    def for_app(cls, app: Flask, trips: RoundTrips | None = None) -> DirectIntrospection | None:
-        """The direct path for ``app``'s introspection endpoint; None while rate limits are on."""
-        svc: Services = app.extensions["oidc"]
-        if svc.settings.ratelimit_enabled:
-            return None
-        return cls(svc, vary_origin=cors.enabled(app), trips=trips)
+    PATH = INTROSPECT_PATH
+    HEADERS = default_json_headers
 
     async def __call__(self, environ: dict[str, Any], body: bytes) -> Answer | None:
         started = time.perf_counter()

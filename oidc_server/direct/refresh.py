@@ -35,9 +35,7 @@ import time
 import uuid
 from typing import Any
 
-from flask import Flask
-
-from .. import cors, observability
+from .. import observability
 from ..clients import RegisteredClient
 from ..oauth.grants import SPEND_ATTEMPT, RefreshTokenGrant
 from ..roles import AccountCard
@@ -45,7 +43,7 @@ from ..rsgi import RECEIVED_AT, Answer
 from ..services import Services
 from ..tokens.service import claimed_user_id, split_refresh_token
 from ..tokens.store import StoreUnavailable
-from .answers import AnswerShape, ProxiedView
+from .answers import FormPostAnswer
 from .requests import (
     basic_client,
     basic_credentials,
@@ -61,32 +59,18 @@ GRANT_TYPE = RefreshTokenGrant.GRANT_TYPE
 FIELDS = frozenset({"grant_type", "refresh_token", "scope", "client_id"})
 
 
-class DirectRefresh:
+class DirectRefresh(FormPostAnswer):
     """``(environ, body) -> answer or None``: the rotated tokens for a plain refresh request
     (see the module docstring), or None to let the grant answer the request."""
+
+    PATH = TOKEN_PATH
+    HEADERS = RefreshTokenGrant.TOKEN_RESPONSE_HEADER
 
     def __init__(
         self, svc: Services, *, vary_origin: bool, trips: RoundTrips | None = None
     ) -> None:
-        self.svc = svc
-        self._trips = trips or RoundTrips(svc)
-        self._seen = ProxiedView(svc)
-        self._shape = AnswerShape.of_path(
-            svc,
-            "POST",
-            TOKEN_PATH,
-            RefreshTokenGrant.TOKEN_RESPONSE_HEADER,
-            vary_origin=vary_origin,
-        )
+        super().__init__(svc, vary_origin=vary_origin, trips=trips)
         self._count_token = observability.tokens_issued_counter(GRANT_TYPE)
-
-    @classmethod
-    def for_app(cls, app: Flask, trips: RoundTrips | None = None) -> DirectRefresh | None:
-        """The direct path for ``app``'s refresh grant; None while rate limits are on."""
-        svc: Services = app.extensions["oidc"]
-        if svc.settings.ratelimit_enabled:
-            return None
-        return cls(svc, vary_origin=cors.enabled(app), trips=trips)
 
     async def __call__(self, environ: dict[str, Any], body: bytes) -> Answer | None:
         started = time.perf_counter()

@@ -15,10 +15,9 @@ of what each answer means: every command is atomic, the set never was.
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
-from ..clients import CLIENTS_GENERATION
+from ..oauth.clients_generation import GenerationRead
 from ..services import Services
 from ..tokens.reads import Reads, read_together
 
@@ -49,17 +48,8 @@ class RoundTrips:
     ) -> tuple[str, list[Any]]:
         """``clients_generation.generation_and`` in the next round trip: the clients'
         generation, from a read sent since ``received_at`` or with ``reads``; their answers."""
-        cache = self.svc.client_cache
-        generation = cache.generation_read_since(received_at)
-        if generation is not None:
-            return generation, await self.read(*reads)
-        # Noted as sent now, before it is: conservative, as a read sent later sees more.
-        sent_at = time.monotonic()
-        generation, *answers = await self.read(
-            self.svc.store.generation_reads(CLIENTS_GENERATION), *reads
-        )
-        cache.note_generation_read(sent_at, generation)
-        return generation, answers
+        generation = GenerationRead(self.svc, received_at)
+        return generation.answered(await self.read(*generation.with_reads(reads)))
 
     def _send(self) -> None:
         waiting, self._waiting = self._waiting, []

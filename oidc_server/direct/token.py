@@ -27,14 +27,12 @@ import json
 import time
 from typing import Any
 
-from flask import Flask
-
-from .. import cors, observability
+from .. import observability
 from ..oauth.grants import ClientCredentialsGrant
 from ..rsgi import RECEIVED_AT, Answer
 from ..services import Services
 from ..tokens.store import StoreUnavailable
-from .answers import AnswerShape, ProxiedView
+from .answers import FormPostAnswer
 from .requests import (
     basic_client,
     basic_credentials,
@@ -52,32 +50,18 @@ ENDPOINT_NAME = "token"
 FIELDS = frozenset({"grant_type", "scope"})
 
 
-class DirectClientCredentials:
+class DirectClientCredentials(FormPostAnswer):
     """``(environ, body) -> answer or None``: the token for a plain ``client_credentials``
     request (see the module docstring), or None to let the app answer the request."""
+
+    PATH = TOKEN_PATH
+    HEADERS = ClientCredentialsGrant.TOKEN_RESPONSE_HEADER
 
     def __init__(
         self, svc: Services, *, vary_origin: bool, trips: RoundTrips | None = None
     ) -> None:
-        self.svc = svc
-        self._trips = trips or RoundTrips(svc)
-        self._seen = ProxiedView(svc)
-        self._shape = AnswerShape.of_path(
-            svc,
-            "POST",
-            TOKEN_PATH,
-            ClientCredentialsGrant.TOKEN_RESPONSE_HEADER,
-            vary_origin=vary_origin,
-        )
+        super().__init__(svc, vary_origin=vary_origin, trips=trips)
         self._count_token = observability.tokens_issued_counter(GRANT_TYPE)
-
-    @classmethod
-    def for_app(cls, app: Flask, trips: RoundTrips | None = None) -> DirectClientCredentials | None:
-        """The direct path for ``app``'s token endpoint; None while rate limits are on."""
-        svc: Services = app.extensions["oidc"]
-        if svc.settings.ratelimit_enabled:
-            return None
-        return cls(svc, vary_origin=cors.enabled(app), trips=trips)
 
     async def __call__(self, environ: dict[str, Any], body: bytes) -> Answer | None:
         started = time.perf_counter()

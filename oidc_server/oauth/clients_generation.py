@@ -60,12 +60,33 @@ def generation_and(
     ``received_at`` is None for a request without the server's arrival stamp: it reads.
     Raises ``StoreUnavailable`` when Redis cannot be reached.
     """
-    generation = svc.client_cache.generation_read_since(received_at)
-    if generation is not None:
-        return generation, read_together(svc.redis, *reads)
-    sent_at = time.monotonic()
-    generation, *answers = read_together(
-        svc.redis, svc.store.generation_reads(CLIENTS_GENERATION), *reads
-    )
-    svc.client_cache.note_generation_read(sent_at, generation)
-    return generation, answers
+    generation = GenerationRead(svc, received_at)
+    return generation.answered(read_together(svc.redis, *generation.with_reads(reads)))
+
+
+class GenerationRead:
+    """The generation for a request received at ``received_at``, as one more read among a
+    caller's; none at all when a read sent since the request arrived already answered it
+    (``ClientCache.generation_read_since``). For callers that send their reads themselves
+    (``generation_and``; the direct answers' gathered round trips)."""
+
+    def __init__(self, svc: Services, received_at: float | None) -> None:
+        self._cache = svc.client_cache
+        self._known = self._cache.generation_read_since(received_at)
+        self._read = (
+            None if self._known is not None else svc.store.generation_reads(CLIENTS_GENERATION)
+        )
+        # Noted as sent now, perhaps before it is: safe, as a read sent later sees more.
+        self._sent_at = time.monotonic()
+
+    def with_reads(self, reads: tuple[Reads[Any], ...]) -> tuple[Reads[Any], ...]:
+        """``reads``, with the generation's read first if one is needed."""
+        return reads if self._read is None else (self._read, *reads)
+
+    def answered(self, answers: list[Any]) -> tuple[str, list[Any]]:
+        """The generation and the answers of the caller's reads, from ``with_reads``' answers."""
+        if self._known is not None:
+            return self._known, answers
+        generation, *rest = answers
+        self._cache.note_generation_read(self._sent_at, generation)
+        return generation, rest
