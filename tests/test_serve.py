@@ -410,6 +410,10 @@ def test_the_production_adapter_asks_the_direct_answers_first(
                 DirectWellKnown,
             ]
         assert all(a.svc is built.extensions["oidc"] for a in adapter.answers_first.answerers)
+        # One worker, one gathering of Redis reads: a role check and a token ready in the same
+        # turn share a round trip.
+        trips = {id(a._trips) for a in adapter.answers_first.answerers if hasattr(a, "_trips")}
+        assert len(trips) == 1
     finally:
         gc.unfreeze()
         adapter.pool.shutdown()

@@ -53,14 +53,7 @@ def test_tokens_role_checks_and_introspection_through_the_production_server(
             ids = set()
             for answer in answers:
                 assert answer.headers["Cache-Control"] == "no-store"
-                token = answer.json()["access_token"]
-                claims = jwt.decode(
-                    token,
-                    jwks.get_signing_key_from_jwt(token).key,
-                    algorithms=["RS256"],
-                    audience=settings.access_token_audience,
-                    issuer=settings.oidc_issuer,
-                )
+                claims = _verified(jwks, settings, answer.json()["access_token"])
                 assert (claims["sub"], claims["scope"]) == (
                     machine.client_id,
                     "roles:read roles:write",
@@ -130,14 +123,7 @@ def test_tokens_role_checks_and_introspection_through_the_production_server(
                 assert rotated.status_code == 200, rotated.text
                 assert rotated.headers["Cache-Control"] == "no-store"
                 chain.append(rotated.json()["refresh_token"])
-                access = rotated.json()["access_token"]
-                claims = jwt.decode(
-                    access,
-                    jwks.get_signing_key_from_jwt(access).key,
-                    algorithms=["RS256"],
-                    audience=settings.access_token_audience,
-                    issuer=settings.oidc_issuer,
-                )
+                claims = _verified(jwks, settings, rotated.json()["access_token"])
                 assert (claims["sub"], claims["client_id"]) == (str(user.id), "cinema-app")
             assert len(set(chain)) == 5
             reused = _refresh(base, first)
@@ -160,6 +146,17 @@ def test_tokens_role_checks_and_introspection_through_the_production_server(
     assert machine.client_secret not in log
     assert not any(a.json()["access_token"] in log for a in answers)
     assert not any(token in log for token in chain)
+
+
+def _verified(jwks: jwt.PyJWKClient, settings: Any, token: str) -> dict[str, Any]:
+    """The claims of ``token``, verified with PyJWT through the server's JWKS."""
+    return jwt.decode(
+        token,
+        jwks.get_signing_key_from_jwt(token).key,
+        algorithms=["RS256"],
+        audience=settings.access_token_audience,
+        issuer=settings.oidc_issuer,
+    )
 
 
 def _refresh(base: str, refresh_token: str) -> requests.Response:

@@ -10,7 +10,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import jwt
 import pytest
 from flask import Flask
 
@@ -24,6 +23,7 @@ from tests.support.direct import (
     FORM,
     Answering,
     app_answer,
+    comparable_token_answer,
     cut_off_from_redis,
     form_post,
     synchronously,
@@ -57,32 +57,9 @@ def direct(app: Flask) -> Answering:
     return synchronously(made)
 
 
-def token_claims(app: Flask, body: bytes) -> dict[str, Any]:
-    """The access token's claims, verified through the JWKS as a resource server would."""
-    token = json.loads(body)["access_token"]
-    jwks = json.loads(app.test_client().get("/.well-known/jwks.json").data)
-    key = jwt.PyJWK(jwks["keys"][0])
-    settings = app.extensions["oidc"].settings
-    return jwt.decode(
-        token,
-        key,
-        algorithms=["RS256"],
-        audience=settings.access_token_audience,
-        issuer=settings.oidc_issuer,
-    )
-
-
 def comparable(app: Flask, answer: Answer) -> tuple[int, dict[str, str], dict[str, Any]]:
     """An answer without what differs between any two tokens: its time, id and signature."""
-    status, headers, body = answer
-    named = {name.lower(): value for name, value in headers}
-    assert named.pop("content-length") == str(len(body))
-    payload = json.loads(body)
-    claims = token_claims(app, body)
-    for varying in ("iat", "exp", "jti"):
-        claims.pop(varying)
-    payload["access_token"] = claims
-    return status, named, payload
+    return comparable_token_answer(app, answer)
 
 
 # The same answer as the app's ------------------------------------------------------------

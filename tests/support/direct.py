@@ -4,11 +4,13 @@ and the app's own answer to the same request, to hold the two against each other
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
+import jwt
 import redis
 from flask import Flask
 
@@ -65,3 +67,34 @@ def cut_off_from_redis(services: Any) -> Any:
     read fails as an unreachable Redis does (a real connection, refused)."""
     nowhere = redis.Redis(port=free_port(), socket_connect_timeout=0.5)
     return replace(services, redis=nowhere, store=RedisTokenStore(nowhere))
+
+
+def token_claims(app: Flask, body: bytes) -> dict[str, Any]:
+    """The access token's claims, verified through the JWKS as a resource server would."""
+    token = json.loads(body)["access_token"]
+    jwks = json.loads(app.test_client().get("/.well-known/jwks.json").data)
+    key = jwt.PyJWK(jwks["keys"][0])
+    settings = app.extensions["oidc"].settings
+    return jwt.decode(
+        token,
+        key,
+        algorithms=["RS256"],
+        audience=settings.access_token_audience,
+        issuer=settings.oidc_issuer,
+    )
+
+
+def comparable_token_answer(
+    app: Flask, answer: Answer, varying: tuple[str, ...] = ("iat", "exp", "jti")
+) -> tuple[int, dict[str, str], dict[str, Any]]:
+    """A token answer without what differs between any two tokens (the ``varying`` claims,
+    the signature), its access token verified and replaced by its other claims."""
+    status, headers, body = answer
+    named = {name.lower(): value for name, value in headers}
+    assert named.pop("content-length") == str(len(body))
+    payload = json.loads(body)
+    claims = token_claims(app, body)
+    for name in varying:
+        claims.pop(name)
+    payload["access_token"] = claims
+    return status, named, payload
