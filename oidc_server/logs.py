@@ -14,8 +14,7 @@ _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -23,7 +22,24 @@ class JsonFormatter(logging.Formatter):
         entry.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return json_line(entry)
+
+
+def json_line(entry: dict[str, Any]) -> str:
+    """One log line's text: ``entry`` as JSON, anything JSON has no type for as its ``str``."""
+    return json.dumps(entry, default=str)
+
+
+_second: tuple[int, str] = (-1, "")
+
+
+def timestamp(created: float) -> str:
+    """``created`` (seconds since the epoch) as a log line's UTC time, to the millisecond."""
+    global _second
+    whole = int(created)
+    if whole != _second[0]:  # lines come many a second: the date is formatted once for each
+        _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return f"{_second[1]}.{int((created - whole) * 1000):03d}Z"
 
 
 def configure_logging(level: str = "INFO") -> None:

@@ -33,7 +33,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-from .logs import JsonFormatter
+from .logs import JsonFormatter, json_line, timestamp
 
 REQUEST_ID_HEADER = "X-Request-ID"
 #: A caller's id is kept only if it is this plain: nothing that could forge a log field or a header.
@@ -333,17 +333,70 @@ class RequestRecorder:
         self.latency.observe(duration)
         if not access_log.isEnabledFor(self.level):
             return
-        extra = {
-            "method": self.method,
-            "path": path,
-            "route": self.route,
+        fields: dict[str, Any] = {
+            "method": redact_text(self.method),
+            "path": redact_text(path),
+            "route": redact_text(self.route),
             "status": self.status,
             "duration_ms": round(duration * 1000, 2),
-            "ip": ip,
+            "ip": redact_text(ip),
         }
+        request_id = request_id or _request_id.get()
         if request_id is not None:
-            extra["request_id"] = request_id
-        access_log.log(self.level, "request", extra=extra)
+            fields["request_id"] = redact_text(request_id)
+        write_access_line(self.level, fields)
+
+
+def write_access_line(level: int, fields: dict[str, Any]) -> None:
+    """Hand one access line, its ``fields`` already redacted, to the handlers of
+    ``oidc_server.access`` and its parents that take ``level``.
+
+    Access lines are the most frequent lines by far, and through logging's machinery (a
+    LogRecord, the caller's frame, the filters' walk over every field, the formatter) one cost
+    ~70 us, more than answering a JWKS request (docs/scaling.md, session 13). Their fields are
+    few and fixed, so the caller redacts each, and the line a JSON handler writes is made once,
+    as ``JsonFormatter`` makes it, and written to its stream. Any other handler (pytest's, an
+    operator's) gets a LogRecord as usual.
+    """
+    line: str | None = None
+    record: logging.LogRecord | None = None
+    logger: logging.Logger | None = access_log
+    while logger is not None:
+        for handler in logger.handlers:
+            if level < handler.level:
+                continue
+            if type(handler.formatter) is JsonFormatter and isinstance(
+                handler, logging.StreamHandler
+            ):
+                if line is None:
+                    line = json_line(
+                        {
+                            "ts": timestamp(time.time()),
+                            "level": logging.getLevelName(level).lower(),
+                            "logger": access_log.name,
+                            "message": "request",
+                            **fields,
+                        }
+                    )
+                with _held(handler):
+                    handler.stream.write(line + handler.terminator)
+                    handler.flush()
+            else:
+                if record is None:
+                    record = access_log.makeRecord(
+                        access_log.name, level, __file__, 0, "request", None, None, extra=fields
+                    )
+                handler.handle(record)
+        logger = logger.parent if logger.propagate else None
+
+
+@contextmanager
+def _held(handler: logging.Handler) -> Iterator[None]:
+    handler.acquire()
+    try:
+        yield
+    finally:
+        handler.release()
 
 
 def _record_request(response: Response) -> Response:

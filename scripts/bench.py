@@ -14,7 +14,8 @@ partitions the login history by month before seeding (``partition_a_year_ago``).
 
 ``--workers`` (or ``WEB_CONCURRENCY``) sets the worker processes, default serve.py's (one per
 usable core); ``WEB_THREADS`` and ``WEB_TIMEOUT`` pass through to the server. Its log goes to
-``bench-results/server.log``.
+``bench-results/server.log``, at ``LOG_LEVEL=WARNING`` unless ``BENCH_LOG_LEVEL`` says
+otherwise (``INFO``, the server's default, writes an access line per request).
 
 Needs PostgreSQL and Redis (BENCH_DATABASE_URL, BENCH_REDIS_URL), Node.js and npm.
 """
@@ -653,7 +654,8 @@ def main() -> None:
         "PORT": str(port),
         "HOST": "127.0.0.1",
         "WEB_CONCURRENCY": str(workers),
-        "LOG_LEVEL": "WARNING",
+        # Access lines are off by default, as at the peers; BENCH_LOG_LEVEL=INFO counts them.
+        "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
     }
     server = Server(env, workers)
     report: dict[str, Any] = {

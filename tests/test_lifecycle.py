@@ -26,6 +26,7 @@ from oidc_server.models import AuditLog, Base, LoginHistory, Role, SocialAccount
 from oidc_server.roles import NoRoleCache
 from oidc_server.security import hash_token
 from oidc_server.tokens.memory_store import MemoryTokenStore
+from oidc_server.tokens.reads import read_together
 from oidc_server.tokens.redis_store import RedisTokenStore
 from oidc_server.tokens.service import LoginContext, TokenService
 from oidc_server.tokens.store import RefreshRecord, SessionRecord, StoreUnavailable, TokenStore
@@ -394,6 +395,9 @@ def exercise_every_store_operation(store: TokenStore) -> set[str]:
     call("rotate_refresh_token", "s-1", hash_token("s-1.r0"), hash_token("s-1.r1"), now, 3600)
     call("rotate_refresh_token", "s-2", hash_token("s-2.r0"), hash_token("s-2.r1"), now, 3600)
     call("rotate_refresh_token", "s-2", hash_token("s-2.r0"), hash_token("s-2.r2"), now, 3600)
+    session("s-5")
+    step = call("rotation", "s-5", hash_token("s-5.r0"), hash_token("s-5.r1"), now, 3600)
+    read_together(getattr(store, "redis", None), step)  # the same write, sent with others
     call("get_session", "s-1")
     call("list_sessions", "u-1")
     call("end_session", "s-1")

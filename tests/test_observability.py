@@ -9,6 +9,7 @@ import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,63 @@ def test_each_request_writes_one_access_line_with_its_id(
     assert line["route"] == "/.well-known/jwks.json"
     assert line["status"] == 200
     assert isinstance(line["duration_ms"], float) and line["duration_ms"] >= 0
+
+
+def test_the_access_line_is_the_line_the_json_formatter_writes(logs: LogCapture) -> None:
+    """Access lines skip logging's machinery (observability.write_access_line): what they say
+    must not differ from what a LogRecord through the JSON handler and its filters says."""
+    fields: dict[str, Any] = {
+        "method": "GET",
+        "path": "/api/v1/users/me",
+        "route": "/api/v1/users/me",
+        "status": 200,
+        "duration_ms": 1.25,
+        "ip": "203.0.113.9",
+        "request_id": "line-1",
+    }
+    observability.write_access_line(logging.INFO, fields)
+    observability.access_log.info("request", extra=fields)  # the same line, the long way
+
+    fast, slow = (line.copy() for line in logs.lines())
+    assert abs(_seconds(fast.pop("ts")) - _seconds(slow.pop("ts"))) < 1
+    assert list(fast.items()) == list(slow.items())  # same fields, same order
+    assert fast["logger"] == "oidc_server.access" and fast["level"] == "info"
+
+
+def _seconds(ts: str) -> float:
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", ts), ts
+    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+
+
+def test_an_access_line_blanks_secrets_in_every_field_it_carries(
+    logs: LogCapture, caplog: pytest.LogCaptureFixture
+) -> None:
+    refresh = _refresh_token()
+    caplog.set_level(logging.INFO, logger="oidc_server.access")
+    recorder = observability.RequestRecorder(f"GET{JWT}", f"/r/{JWT}", 404)
+    recorder.record(0.001, f"/x/{refresh}/y", f"Bearer {JWT}", request_id=f"id-{refresh}")
+
+    (line,) = [line for line in logs.lines() if line["logger"] == "oidc_server.access"]
+    (record,) = [r for r in caplog.records if r.name == "oidc_server.access"]
+    for written in (logs.text, caplog.text, repr(record.__dict__)):
+        assert JWT not in written and refresh not in written
+    assert line["path"] == "/x/[redacted]/y"
+    assert line["status"] == 404 and record.status == 404  # a plain LogRecord for pytest's
+
+
+def test_an_access_line_goes_only_where_its_level_is_taken(
+    logs: LogCapture, caplog: pytest.LogCaptureFixture
+) -> None:
+    recorder = observability.RequestRecorder("GET", "/health/live", 200)  # a DEBUG line
+    recorder.record(0.001, "/health/live", "127.0.0.1", request_id="quiet-1")
+    assert "quiet-1" not in logs.text
+    assert not [r for r in caplog.records if getattr(r, "request_id", "") == "quiet-1"]
+
+    logs.handler.setLevel(logging.WARNING)
+    observability.RequestRecorder("GET", "/x", 200).record(0.001, "/x", "::1", "loud-1")
+    assert "loud-1" not in logs.text  # this handler takes warnings only
+    (taken,) = [r for r in caplog.records if getattr(r, "request_id", "") == "loud-1"]
+    assert taken.levelno == logging.INFO  # pytest's handler, on the root logger, takes INFO
 
 
 def test_lines_the_app_writes_during_a_request_carry_its_id(

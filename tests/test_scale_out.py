@@ -21,7 +21,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ import requests
 
 from oidc_server.config import Settings
 from oidc_server.tokens import redis_connect
+from oidc_server.tokens.reads import read_together
 from oidc_server.tokens.redis_store import RedisTokenStore
 from oidc_server.tokens.store import RefreshRecord, RotateOutcome, SessionRecord
 
@@ -497,6 +498,25 @@ def _exercise_token_store(client: Any) -> None:
         RotateOutcome.REUSED
     )
     assert store.get_session(sid) is None  # reuse ended the session
+    assert [s.sid for s in store.list_sessions("user-1")] == []
+
+    # The same as steps of shared round trips (tokens.reads), beside a read of another slot,
+    # once Redis no longer holds the script (as after a restart or a failover: NOSCRIPT).
+    sid = uuid.uuid4().hex
+    store.start_session(replace(session, sid=sid), "hash-1", replace(record, sid=sid), ttl=60)
+    client.script_flush()
+    rotated, reused, active = read_together(
+        client,
+        store.rotation(sid, "hash-1", "hash-2", now, 60),
+        store.rotation(sid, "hash-1", "hash-3", now, 60),
+        store.access_token_reads("some-jti", None),
+    )
+    assert (rotated.outcome, reused.outcome, active) == (
+        RotateOutcome.ROTATED,
+        RotateOutcome.REUSED,
+        True,
+    )
+    assert store.get_session(sid) is None
     assert [s.sid for s in store.list_sessions("user-1")] == []
 
 

@@ -14,7 +14,8 @@ request:
 with the calls the grant makes (``oauth.grants.RefreshTokenGrant``): the user the token names
 and their card read with the clients' generation (one round trip), the client from the
 worker's cache, the token spent by the store's single step (rotation and reuse detection,
-``TokenService.spend_refresh_token``), the access token issued with the card's roles.
+``TokenService.refresh_spend``; a second round trip, shared like the first with the other
+requests ready at the time), the access token issued with the card's roles.
 
 Before the spend, anything unusual (other parameters or authentication, a client or card not
 cached, a token that names no user, Redis unreachable) makes it return None, and the grant
@@ -100,8 +101,10 @@ class DirectRefresh(FormPostAnswer):
             return None
         # From here the request is this path's: see the module docstring.
         try:
-            spent = self.svc.tokens.spend_refresh_token(
-                presented, client.client_id, user_id, form.get("scope")
+            (spent,) = await self._trips.read(
+                self.svc.tokens.refresh_spend(
+                    presented, client.client_id, user_id, form.get("scope")
+                )
             )
         except Exception as failed:  # the store's refusals, or Redis unreachable
             environ[SPEND_ATTEMPT] = failed

@@ -8,8 +8,10 @@ so their reads are gathered here and sent together, as one pipeline, at the star
 turn (``read_together`` over all of them): each request waits for its answers, and one round
 trip serves them all. Alone, a request waits one turn of the loop, which is nothing.
 
-Each ``Reads`` is read-only and stays on one Redis Cluster slot, so batching changes nothing
-of what each answer means: every command is atomic, the set never was.
+Each ``Reads`` stays on one Redis Cluster slot and is read-only, or one script only its own
+request acts on (a refresh token's spend), so batching changes nothing of what each answer
+means: every command is atomic, the set never was. A refresh sends two in turn (the user's
+card, then the spend, ``direct/refresh.py``); each goes with whatever else is ready then.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 from ..oauth.clients_generation import GenerationRead
 from ..services import Services
-from ..tokens.reads import Reads, read_together
+from ..tokens.reads import Reads, read_together, replies_together
 
 
 class RoundTrips:
@@ -55,7 +57,7 @@ class RoundTrips:
         waiting, self._waiting = self._waiting, []
         everyone = [read for reads, _ in waiting for read in reads]
         try:
-            answers = read_together(self.svc.redis, *everyone)
+            replies = replies_together(self.svc.redis, everyone)
         except Exception as failed:  # StoreUnavailable, or a bug: each request hears of it
             for _, answered in waiting:
                 if not answered.done():
@@ -63,6 +65,15 @@ class RoundTrips:
             return
         start = 0
         for reads, answered in waiting:
-            if not answered.done():  # its request may have been cancelled meanwhile
-                answered.set_result(answers[start : start + len(reads)])
+            mine = replies[start : start + len(reads)]
             start += len(reads)
+            # Answered even for a request cancelled meanwhile: a spend's answer finishes
+            # what its script began (the user's session index).
+            try:
+                answers = [read.answered(each) for read, each in zip(reads, mine, strict=True)]
+            except Exception as failed:  # this request's alone: a refusal, a reuse, ...
+                if not answered.done():
+                    answered.set_exception(failed)
+                continue
+            if not answered.done():
+                answered.set_result(answers)

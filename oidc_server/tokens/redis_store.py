@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
 import redis
+from redis.exceptions import NoScriptError
 
 from . import redis_connect
 from .reads import Reads, read_together
@@ -220,14 +221,65 @@ class RedisTokenStore(TokenStore):
         user_id: str | None = None,
         scope: list[str] | None = None,
     ) -> RotateResult:
+        keys, args = self._rotate_inputs(
+            sid, old_hash, new_hash, now, ttl, client_id, user_id, scope
+        )
+        return self._rotated(sid, ttl, self._rotate(keys=keys, args=args))
+
+    def rotation(
+        self,
+        sid: str,
+        old_hash: str,
+        new_hash: str,
+        now: int,
+        ttl: int,
+        *,
+        client_id: str | None = None,
+        user_id: str | None = None,
+        scope: list[str] | None = None,
+    ) -> Reads[RotateResult]:
+        keys, args = self._rotate_inputs(
+            sid, old_hash, new_hash, now, ttl, client_id, user_id, scope
+        )
+
+        def reloaded(refused: redis.ResponseError) -> RotateResult:
+            # NOSCRIPT (a restarted or failed-over Redis, SCRIPT FLUSH): nothing ran, so the
+            # call that loads the script may run it now.
+            if not isinstance(refused, NoScriptError):
+                raise refused
+            return self.rotate_refresh_token(
+                sid, old_hash, new_hash, now, ttl, client_id=client_id, user_id=user_id, scope=scope
+            )
+
+        return Reads(
+            (("EVALSHA", self._rotate.sha, len(keys), *keys, *args),),
+            lambda replies: self._rotated(sid, ttl, replies[0]),
+            reloaded,
+        )
+
+    def _rotate_inputs(
+        self,
+        sid: str,
+        old_hash: str,
+        new_hash: str,
+        now: int,
+        ttl: int,
+        client_id: str | None,
+        user_id: str | None,
+        scope: list[str] | None,
+    ) -> tuple[list[str], list[Any]]:
         keys = [
             self._session_key(sid),
             self._refresh_key(sid, old_hash),
             self._refresh_key(sid, new_hash),
         ]
-        index_ttl = _index_ttl(ttl)
         checks = [client_id or "", user_id or "", *(scope or ())]
-        reply = self._rotate(keys=keys, args=[now, ttl, index_ttl, *checks])
+        return keys, [now, ttl, _index_ttl(ttl), *checks]
+
+    @_fail_closed
+    def _rotated(self, sid: str, ttl: int, reply: list[bytes]) -> RotateResult:
+        """The result of ``_ROTATE``'s reply, after the user's session index is kept in step
+        with it (another slot than the session's, so not in the script)."""
         outcome = RotateOutcome(reply[0].decode())
         if outcome in (RotateOutcome.INVALID, RotateOutcome.SCOPE_EXCEEDED):
             return RotateResult(outcome)
@@ -239,7 +291,7 @@ class RedisTokenStore(TokenStore):
         record = RefreshRecord.from_fields(_pairs(reply[3 : 3 + size]))
         session = SessionRecord.from_fields(_pairs(reply[3 + size :]))
         if extend_index:
-            self.redis.expire(self._user_sessions_key(record.user_id), index_ttl, gt=True)
+            self.redis.expire(self._user_sessions_key(record.user_id), _index_ttl(ttl), gt=True)
         return RotateResult(outcome, record, session)
 
     @_fail_closed

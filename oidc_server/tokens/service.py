@@ -14,11 +14,14 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from ..security import hash_token
 from .access_tokens import AccessTokenCodec
-from .store import RefreshRecord, RotateOutcome, SessionRecord, TokenStore
+from .reads import Reads
+from .store import RefreshRecord, RotateOutcome, RotateResult, SessionRecord, TokenStore
+
+R = TypeVar("R")
 
 
 class RefreshTokenInvalid(Exception):
@@ -175,12 +178,37 @@ class TokenService:
         ``RefreshTokenScopeExceeded`` (scope beyond the grant; nothing spent) or
         ``RefreshTokenReused`` (already spent: the session has been ended).
         """
+        successor, result = self._rotate(
+            self.store.rotate_refresh_token, refresh_token, client_id, user_id, scope
+        )
+        return _spent(result, successor, scope)
+
+    def refresh_spend(
+        self, refresh_token: str, client_id: str, user_id: str, scope: str | None
+    ) -> Reads[SpentRefreshToken]:
+        """``spend_refresh_token`` as one step of a shared round trip (``tokens.reads``): its
+        answer is the spent token, or it raises what ``spend_refresh_token`` raises."""
+        successor, step = self._rotate(
+            self.store.rotation, refresh_token, client_id, user_id, scope
+        )
+        return step.then(lambda result: _spent(result, successor, scope))
+
+    def _rotate(
+        self,
+        rotate: Callable[..., R],
+        refresh_token: str,
+        client_id: str,
+        user_id: str,
+        scope: str | None,
+    ) -> tuple[str, R]:
+        """The successor of ``refresh_token``, and what ``rotate`` (the store's
+        ``rotate_refresh_token`` or ``rotation``) answers to the call that stores it."""
         parts = split_refresh_token(refresh_token)
         if parts is None:
             raise RefreshTokenInvalid("malformed refresh token")
         sid, old_hash = parts
         successor = new_refresh_token(sid, user_id)
-        result = self.store.rotate_refresh_token(
+        answer = rotate(
             sid,
             old_hash,
             hash_token(successor),
@@ -190,19 +218,7 @@ class TokenService:
             user_id=user_id,
             scope=scope.split() if scope else None,
         )
-        if result.outcome is RotateOutcome.REUSED:
-            assert result.record is not None
-            raise RefreshTokenReused(result.record)
-        if result.outcome is RotateOutcome.SCOPE_EXCEEDED:
-            raise RefreshTokenScopeExceeded("scope beyond the refresh token's grant")
-        if result.outcome is not RotateOutcome.ROTATED or result.record is None:
-            raise RefreshTokenInvalid("refresh token is not valid")
-        return SpentRefreshToken(
-            record=result.record,
-            session=result.session,
-            successor=successor,
-            scope=scope or result.record.scope,
-        )
+        return successor, answer
 
     def issue_after_refresh(self, spent: SpentRefreshToken, roles: list[str]) -> dict[str, Any]:
         """The token response for a spent refresh token: a new access token and the successor."""
@@ -254,3 +270,20 @@ class TokenService:
 
     def end_session(self, sid: str) -> None:
         self.store.end_session(sid)
+
+
+def _spent(result: RotateResult, successor: str, scope: str | None) -> SpentRefreshToken:
+    """The spent token a rotation's result makes, or the refusal it raises."""
+    if result.outcome is RotateOutcome.REUSED:
+        assert result.record is not None
+        raise RefreshTokenReused(result.record)
+    if result.outcome is RotateOutcome.SCOPE_EXCEEDED:
+        raise RefreshTokenScopeExceeded("scope beyond the refresh token's grant")
+    if result.outcome is not RotateOutcome.ROTATED or result.record is None:
+        raise RefreshTokenInvalid("refresh token is not valid")
+    return SpentRefreshToken(
+        record=result.record,
+        session=result.session,
+        successor=successor,
+        scope=scope or result.record.scope,
+    )

@@ -135,6 +135,22 @@ class TokenStore(ABC):
         """
 
     @abstractmethod
+    def rotation(
+        self,
+        sid: str,
+        old_hash: str,
+        new_hash: str,
+        now: int,
+        ttl: int,
+        *,
+        client_id: str | None = None,
+        user_id: str | None = None,
+        scope: list[str] | None = None,
+    ) -> Reads[RotateResult]:
+        """``rotate_refresh_token`` as one step of a shared round trip (``tokens.reads``):
+        the same single atomic step, sent with other requests' commands."""
+
+    @abstractmethod
     def add_refresh_token(
         self, sid: str, refresh_hash: str, refresh: RefreshRecord, ttl: int
     ) -> bool:

@@ -5,6 +5,7 @@ token has been sent to the store, never a second spend: the grant answers that s
 
 from __future__ import annotations
 
+import copy
 import json
 import urllib.parse
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from oidc_server.tokens.service import (
     RefreshTokenReused,
     RefreshTokenScopeExceeded,
 )
+from oidc_server.tokens.store import StoreUnavailable
 from tests.conftest import PASSWORD, MachineClient, make_client, password_login
 from tests.support.direct import (
     Answering,
@@ -311,14 +313,21 @@ def test_a_store_lost_during_the_spend_is_the_grants_to_answer(
     app: Flask, services: Any, user: Any
 ) -> None:
     presented = ready(app, user)
-    nowhere = RedisTokenStore(redis.Redis(port=free_port(), socket_connect_timeout=0.5))
-    spends_nowhere = replace(services, tokens=replace_store(services.tokens, nowhere))
+    # Redis goes away between the two round trips: the card is read, the spend is not heard.
+    loses_redis = replace(services, tokens=copy.copy(services.tokens))
+    spend = services.tokens.refresh_spend
+
+    def spend_with_redis_gone(*args: Any) -> Any:
+        loses_redis.redis = redis.Redis(port=free_port(), socket_connect_timeout=0.5)
+        return spend(*args)
+
+    loses_redis.tokens.refresh_spend = spend_with_redis_gone  # type: ignore[method-assign]
     environ = request(body(presented))
 
-    refresh = synchronously(DirectRefresh(spends_nowhere, vary_origin=False))
+    refresh = synchronously(DirectRefresh(loses_redis, vary_origin=False))
     assert refresh(environ, body(presented)) is None
 
-    assert SPEND_ATTEMPT in environ
+    assert isinstance(environ[SPEND_ATTEMPT], StoreUnavailable)
     assert app_answer(app, environ)[0] == 503  # not a second spend through the working store
     assert refreshed_by_the_app(app, presented) == 200
 
@@ -343,10 +352,3 @@ def test_when_issuing_fails_after_the_spend_the_grant_issues_from_it(
 
 def _fails(*args: Any) -> Any:
     raise RuntimeError("issuing failed")
-
-
-def replace_store(tokens: Any, store: Any) -> Any:
-    """A token service like ``tokens`` whose store is ``store``."""
-    from oidc_server.tokens.service import TokenService
-
-    return TokenService(store, tokens.codec, tokens.refresh_token_ttl)

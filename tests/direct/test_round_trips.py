@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import pytest
+import redis
 
 from oidc_server.clients import CLIENTS_GENERATION
 from oidc_server.direct.round_trips import RoundTrips
@@ -134,3 +135,58 @@ def test_the_clients_generation_is_read_once_for_a_turn_and_then_shared(
     with round_trips(monkeypatch) as sent:
         assert asyncio.run(trips.generation_and(time.monotonic() + 1)) == (current, [])
     assert sent == [1]
+
+
+def test_a_read_redis_refuses_fails_its_own_request_alone(
+    services: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trips = RoundTrips(services)
+    services.redis.set("round-trips:a-string", "not a hash")
+    refused = Reads((("HGET", "round-trips:a-string", "field"),), lambda replies: replies[0])
+
+    async def two_requests() -> list[Any]:
+        return await asyncio.gather(
+            trips.read(refused), trips.read(active(services, "a")), return_exceptions=True
+        )
+
+    with round_trips(monkeypatch) as sent:
+        failed, answered = asyncio.run(two_requests())
+    assert sent == [1]
+    assert isinstance(failed, redis.ResponseError) and "WRONGTYPE" in str(failed)
+    assert answered == [True]
+
+
+def test_an_answer_that_raises_reaches_its_own_request_alone(services: Any) -> None:
+    trips = RoundTrips(services)
+
+    def refusal(_replies: Any) -> Any:
+        raise LookupError("this request's own refusal")
+
+    raising = Reads((("GET", "round-trips:nothing"),), refusal)
+
+    async def two_requests() -> list[Any]:
+        return await asyncio.gather(
+            trips.read(raising), trips.read(active(services, "a")), return_exceptions=True
+        )
+
+    failed, answered = asyncio.run(two_requests())
+    assert isinstance(failed, LookupError)
+    assert answered == [True]
+
+
+def test_the_answer_of_a_cancelled_request_is_still_worked_out(services: Any) -> None:
+    """A spend's answer finishes what its script began (the user's session index), so it runs
+    even when nobody waits for it any more."""
+    trips = RoundTrips(services)
+    worked_out: list[Any] = []
+    step = Reads((("GET", "round-trips:nothing"),), lambda replies: worked_out.append(replies))
+
+    async def cancelled() -> Any:
+        leaving = asyncio.ensure_future(trips.read(step))
+        staying = asyncio.ensure_future(trips.read(active(services, "b")))
+        await asyncio.sleep(0)
+        leaving.cancel()
+        return await staying
+
+    assert asyncio.run(cancelled()) == [True]
+    assert worked_out == [[None]]

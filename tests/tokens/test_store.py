@@ -171,6 +171,44 @@ def test_the_access_token_check_as_a_read_answers_as_the_check_does(store: Token
     assert answers == [True, False, True, False, False]
 
 
+def test_the_rotation_as_a_step_answers_as_the_rotation_does(store: TokenStore) -> None:
+    for sid in ("s1", "s2", "s3"):
+        store.start_session(session(sid), "h1", refresh(sid), ttl=60)
+    store.rotate_refresh_token("s2", "h1", "h2", now=150, ttl=60)  # s2's h1 is now spent
+    client = getattr(store, "redis", None)
+    steps = [
+        store.rotation("s1", "h1", "h2", 150, 60, client_id="app", user_id="u1"),
+        store.rotation("s2", "h1", "h3", 160, 60),
+        store.rotation("s3", "h1", "h2", 150, 60, scope=["roles:write"]),
+        store.rotation("s3", "h1", "h2", 150, 60, client_id="intruder"),
+        store.rotation("missing", "h1", "h2", 150, 60),
+    ]
+
+    rotated, reused, beyond, other_client, unknown = read_together(client, *steps)
+
+    assert rotated.outcome is RotateOutcome.ROTATED
+    assert rotated.record == refresh("s1") and rotated.session == store.get_session("s1")
+    assert store.peek_refresh_token("s1", "h1") == (refresh("s1"), True)
+    assert reused.outcome is RotateOutcome.REUSED and reused.record == refresh("s2")
+    assert store.get_session("s2") is None and "s2" not in {
+        s.sid for s in store.list_sessions("u1")
+    }
+    assert beyond.outcome is RotateOutcome.SCOPE_EXCEEDED
+    assert other_client.outcome is RotateOutcome.INVALID
+    assert store.peek_refresh_token("s3", "h1") == (refresh("s3"), False)
+    assert unknown.outcome is RotateOutcome.INVALID
+
+
+def test_two_spends_of_one_token_in_one_round_trip_rotate_once(store: TokenStore) -> None:
+    store.start_session(session(), "h1", refresh(), ttl=60)
+    client = getattr(store, "redis", None)
+    first, second = read_together(
+        client, store.rotation("s1", "h1", "h2", 150, 60), store.rotation("s1", "h1", "h3", 150, 60)
+    )
+    assert (first.outcome, second.outcome) == (RotateOutcome.ROTATED, RotateOutcome.REUSED)
+    assert store.get_session("s1") is None
+
+
 def test_sessions_are_listed_newest_first_and_ended_per_user(store: TokenStore) -> None:
     store.start_session(session("a", created_at=1), "h1", refresh("a"), ttl=60)
     store.start_session(session("b", created_at=2), "h2", refresh("b"), ttl=60)
