@@ -360,43 +360,44 @@ def write_access_line(level: int, fields: dict[str, Any]) -> None:
     """
     line: str | None = None
     record: logging.LogRecord | None = None
+
+    def as_record() -> logging.LogRecord:
+        nonlocal record
+        if record is None:
+            record = access_log.makeRecord(
+                access_log.name, level, __file__, 0, "request", None, None, extra=fields
+            )
+        return record
+
     logger: logging.Logger | None = access_log
     while logger is not None:
         for handler in logger.handlers:
             if level < handler.level:
                 continue
-            if type(handler.formatter) is JsonFormatter and isinstance(
+            if type(handler.formatter) is not JsonFormatter or not isinstance(
                 handler, logging.StreamHandler
             ):
-                if line is None:
-                    line = json_line(
-                        {
-                            "ts": timestamp(time.time()),
-                            "level": logging.getLevelName(level).lower(),
-                            "logger": access_log.name,
-                            "message": "request",
-                            **fields,
-                        }
-                    )
-                with _held(handler):
-                    handler.stream.write(line + handler.terminator)
-                    handler.flush()
-            else:
-                if record is None:
-                    record = access_log.makeRecord(
-                        access_log.name, level, __file__, 0, "request", None, None, extra=fields
-                    )
-                handler.handle(record)
+                handler.handle(as_record())
+                continue
+            if line is None:
+                line = json_line(
+                    {
+                        "ts": timestamp(time.time()),
+                        "level": logging.getLevelName(level).lower(),
+                        "logger": access_log.name,
+                        "message": "request",
+                        **fields,
+                    }
+                )
+            handler.acquire()
+            try:
+                handler.stream.write(line + handler.terminator)
+                handler.flush()
+            except Exception:  # as in StreamHandler.emit: an unwritable log fails no request
+                handler.handleError(as_record())
+            finally:
+                handler.release()
         logger = logger.parent if logger.propagate else None
-
-
-@contextmanager
-def _held(handler: logging.Handler) -> Iterator[None]:
-    handler.acquire()
-    try:
-        yield
-    finally:
-        handler.release()
 
 
 def _record_request(response: Response) -> Response:

@@ -137,6 +137,14 @@ def test_an_access_line_goes_only_where_its_level_is_taken(
     assert taken.levelno == logging.INFO  # pytest's handler, on the root logger, takes INFO
 
 
+def test_an_access_line_that_cannot_be_written_fails_no_request(
+    logs: LogCapture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logs.stream.close()  # as a closed pipe would
+    observability.RequestRecorder("GET", "/x", 200).record(0.001, "/x", "::1", "lost-1")
+    assert "Logging error" in capsys.readouterr().err  # reported as logging reports it
+
+
 def test_lines_the_app_writes_during_a_request_carry_its_id(
     client: FlaskClient, user: Any, logs: LogCapture
 ) -> None:
