@@ -5,7 +5,7 @@ generation) and the read blocks the event loop: measured under load (session 12)
 trip per request cost 0.10 ms of the worker's CPU and 0.15 ms of the machine's, as much as all
 the rest of a role check. Under load several requests are ready in the same turn of the loop,
 so their reads are gathered here and sent together, as one pipeline, at the start of the next
-turn (``read_together`` over all of them): each request waits for its answers, and one round
+turn (``replies_together`` over all of them): each request waits for its answers, and one round
 trip serves them all. Alone, a request waits one turn of the loop, which is nothing.
 
 Each ``Reads`` stays on one Redis Cluster slot and is read-only, or one script only its own
