@@ -321,7 +321,10 @@ class RequestRecorder:
 
     def __init__(self, method: str, route: str, status: int) -> None:
         label = method if method in _METHODS else "OTHER"
-        self.method, self.route, self.status = method, route, status
+        self.status = status
+        # Fixed for every line this recorder writes, so redacted once (a method outside
+        # _METHODS is the client's text).
+        self.logged_method, self.logged_route = redact_text(method), redact_text(route)
         self.count = HTTP_REQUESTS.labels(label, route, str(status))
         self.latency = HTTP_LATENCY.labels(label, route)
         self.level = logging.DEBUG if route in _QUIET_ROUTES else logging.INFO
@@ -334,9 +337,9 @@ class RequestRecorder:
         if not access_log.isEnabledFor(self.level):
             return
         fields: dict[str, Any] = {
-            "method": redact_text(self.method),
+            "method": self.logged_method,
             "path": redact_text(path),
-            "route": redact_text(self.route),
+            "route": self.logged_route,
             "status": self.status,
             "duration_ms": round(duration * 1000, 2),
             "ip": redact_text(ip),

@@ -126,24 +126,6 @@ class MemoryTokenStore(TokenStore):
             self._sessions.set(sid, touched, ttl)
             return RotateResult(RotateOutcome.ROTATED, record, touched)
 
-    def rotation(
-        self,
-        sid: str,
-        old_hash: str,
-        new_hash: str,
-        now: int,
-        ttl: int,
-        *,
-        client_id: str | None = None,
-        user_id: str | None = None,
-        scope: list[str] | None = None,
-    ) -> Reads[RotateResult]:
-        return Reads.local(
-            lambda: self.rotate_refresh_token(
-                sid, old_hash, new_hash, now, ttl, client_id=client_id, user_id=user_id, scope=scope
-            )
-        )
-
     def add_refresh_token(
         self, sid: str, refresh_hash: str, refresh: RefreshRecord, ttl: int
     ) -> bool:

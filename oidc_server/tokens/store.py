@@ -134,7 +134,6 @@ class TokenStore(ABC):
         §6); neither ends the session.
         """
 
-    @abstractmethod
     def rotation(
         self,
         sid: str,
@@ -148,7 +147,15 @@ class TokenStore(ABC):
         scope: list[str] | None = None,
     ) -> Reads[RotateResult]:
         """``rotate_refresh_token`` as one step of a shared round trip (``tokens.reads``):
-        the same single atomic step, sent with other requests' commands."""
+        the same single atomic step, sent with other requests' commands. A store that
+        answers in this process (the default here) rotates when the step is answered."""
+        from .reads import Reads  # here: reads imports this module
+
+        return Reads.local(
+            lambda: self.rotate_refresh_token(
+                sid, old_hash, new_hash, now, ttl, client_id=client_id, user_id=user_id, scope=scope
+            )
+        )
 
     @abstractmethod
     def add_refresh_token(

@@ -83,6 +83,34 @@ def test_a_miss_read_together_carries_the_generation_a_fill_checks(
     assert isinstance(cache.lookup_card(user_id), Miss)
 
 
+def test_a_command_redis_refuses_fails_its_own_read_or_is_answered_by_on_error(
+    client: redis.Redis,
+) -> None:
+    client.set("reads:a-string", "not a hash")
+    refused = ("HGET", "reads:a-string", "field")
+    plain = Reads((refused,), lambda replies: replies[0])
+    recovered = Reads((refused,), lambda replies: "unreached", lambda error: f"on_error: {error}")
+    doubled = recovered.then(lambda answer: answer.upper())
+
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        read_together(client, plain, Reads((("GET", "reads:a-string"),), lambda r: r[0]))
+    got, then_got, fine = read_together(
+        client, recovered, doubled, Reads((("GET", "reads:a-string"),), lambda r: r[0])
+    )
+    assert got.startswith("on_error: WRONGTYPE")
+    assert then_got == got.upper()  # ``then`` follows on_error's answer too
+    assert fine == b"not a hash"  # the same round trip's other reads are answered
+
+
+def test_a_node_error_in_a_replys_place_fails_closed() -> None:
+    """A Cluster pipeline can leave a node's connection error where its reply would be."""
+    read = Reads((("GET", "k"),), lambda replies: replies[0], lambda error: "not for these")
+    with pytest.raises(StoreUnavailable):
+        read.answered([redis.ConnectionError("node down")])
+    with pytest.raises(StoreUnavailable):
+        read.answered([redis.TimeoutError("node slow")])
+
+
 def test_an_unreachable_redis_fails_closed_for_reads_together() -> None:
     dead = redis.Redis(
         host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)
