@@ -25,9 +25,13 @@ class JsonFormatter(logging.Formatter):
         return json_line(entry)
 
 
+#: json.dumps(entry, default=str) would make an encoder for every line; one serves them all.
+_LINE_ENCODER = json.JSONEncoder(default=str)
+
+
 def json_line(entry: dict[str, Any]) -> str:
     """One log line's text: ``entry`` as JSON, anything JSON has no type for as its ``str``."""
-    return json.dumps(entry, default=str)
+    return _LINE_ENCODER.encode(entry)
 
 
 _second: tuple[int, str] = (-1, "")

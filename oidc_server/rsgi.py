@@ -194,9 +194,14 @@ class RSGIServer:
             protocol.close(1008)
             return
         try:
-            # asyncio.timeout, not wait_for: no task per request (3.11+).
-            async with asyncio.timeout(self.body_timeout):
-                body = await self._read_body(scope, protocol)
+            if "content-length" in scope.headers or "transfer-encoding" in scope.headers:
+                # asyncio.timeout, not wait_for: no task per request (3.11+).
+                async with asyncio.timeout(self.body_timeout):
+                    body = await self._read_body(scope, protocol)
+            else:
+                # No body announced, none to wait for: a GET, a HEAD. The timeout's timer was
+                # a sixth of a JWKS answer's Python (docs/scaling.md, session 14).
+                body = b""
         except BodyTooLarge:
             status, headers, payload = _error(
                 413, "invalid_request", f"the request body is larger than {self.max_body} bytes"

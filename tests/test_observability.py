@@ -455,6 +455,9 @@ _FRAGMENTS = st.sampled_from(
         "y" * 32,
         "é",
         "\u2028",
+        "\x1c",
+        "\xa0",
+        "\u3000",
     ]
 )
 
@@ -463,3 +466,21 @@ _FRAGMENTS = st.sampled_from(
 @settings(max_examples=400, deadline=None)
 def test_the_pre_check_never_lets_through_what_the_substitutions_would_blank(text: str) -> None:
     assert observability.redact_text(text) == _every_substitution(text)
+
+
+def test_the_plain_text_shortcut_passes_no_whitespace_the_patterns_match() -> None:
+    # redact_text answers text without ".", "=" and whitespace at once; it tells whitespace by
+    # str.isprintable(), which must be False for every character the patterns' \s matches.
+    whitespace = [chr(point) for point in range(0x110000) if re.fullmatch(r"\s", chr(point))]
+    assert " " in whitespace and "\u3000" in whitespace
+    assert [c for c in whitespace if c != " " and c.isprintable()] == []
+    for space in whitespace:
+        assert observability.redact_text(f"Bearer{space}abc") == f"Bearer {observability.REDACTED}"
+
+
+def test_a_recurring_field_is_redacted_the_same_whether_remembered_or_not() -> None:
+    token = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl"
+    for text in (f"/x/{token}", "127.0.0.1", "/api/v1/users/me", f"/{'a' * 300}/{token}"):
+        assert observability.redact_field(text) == observability.redact_text(text)
+        assert observability.redact_field(text) == observability.redact_text(text)  # remembered
+    assert token not in observability.redact_field(f"/{'a' * 300}/{token}")

@@ -266,6 +266,17 @@ def test_a_client_trickling_its_body_gets_a_408_and_holds_no_thread(server: Serv
     assert json.loads(body)["error"] == "invalid_request"
 
 
+def test_a_chunked_body_that_stops_coming_gets_a_408(server: Server) -> None:
+    with server.connect() as sock:
+        sock.sendall(
+            b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n2\r\n{\"\r\n"
+        )
+        status, body = read_response(sock)
+    assert status == 408
+    assert json.loads(body)["error"] == "invalid_request"
+
+
 def test_an_announced_oversized_body_is_refused_unread(server: Server) -> None:
     with server.connect() as sock:
         sock.sendall(b"POST /oauth/token HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n")

@@ -3,6 +3,7 @@ a plain check, and no answer at all for anything else, which the app then gives.
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from collections.abc import Callable
@@ -10,8 +11,9 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from werkzeug.exceptions import HTTPException
 
-from oidc_server.direct.role_check import DirectRoleCheck
+from oidc_server.direct.role_check import ENDPOINT, DirectRoleCheck
 from oidc_server.models import User
 from oidc_server.rsgi import Answer, build_environ, run_wsgi
 from oidc_server.tokens.access_tokens import AccessTokenCodec
@@ -257,7 +259,56 @@ def test_while_redis_cannot_be_reached_the_app_answers(
     environ = check(reader, user.id, moderator)
     app_answer(app, environ)
     cut_off = cut_off_from_redis(services)
-    urls = app.url_map.bind("localhost")
 
-    cut_off_check = synchronously(DirectRoleCheck(cut_off, urls, ROUTE, vary_origin=False))
+    cut_off_check = synchronously(DirectRoleCheck(cut_off, ROUTE, vary_origin=False))
     assert cut_off_check(environ, b"") is None
+
+
+# Which paths are a role check: the app's routing says ------------------------------------
+
+_AN_ID = str(uuid.UUID(int=0x1234567890ABCDEF1234567890ABCDEF))
+_IDS = [
+    _AN_ID,
+    _AN_ID.upper(),
+    _AN_ID[:9] + _AN_ID[9:].upper(),
+    _AN_ID.replace("-", ""),
+    _AN_ID[:-1],
+    _AN_ID + "0",
+    "{" + _AN_ID + "}",
+    "urn:uuid:" + _AN_ID,
+    _AN_ID.replace("1", "g"),
+    "me",
+    "",
+]
+_PATHS = [
+    "".join(parts)
+    for parts in itertools.product(
+        ["/api/v1/users/", "/api/v1/Users/", "/api/v2/users/", "/api/v1/users//"],
+        _IDS,
+        ["/roles/", "/Roles/", "//roles/", "/role/", "/roles"],
+        _IDS,
+        ["", "/", "//", "/x", ".json", " ", "\n", "%2F"],
+    )
+]
+
+
+def test_a_path_is_taken_for_a_role_check_only_when_the_apps_routing_says_so(
+    app: Flask,
+) -> None:
+    urls = app.url_map.bind("localhost")
+    paths = DirectRoleCheck.for_app(app).paths
+    taken = 0
+    for path in [*_PATHS, *("/" + path for path in _PATHS)]:
+        try:
+            endpoint, args = urls.match(path, "HEAD")
+        except HTTPException:  # no route, another method's, or a redirect to the canonical path
+            endpoint, args = None, {}
+        ids = paths.fullmatch(path)
+        if ids is not None:
+            taken += 1
+            assert endpoint == ENDPOINT, path
+            assert (uuid.UUID(ids[1]), uuid.UUID(ids[2])) == (args["user_id"], args["role_id"])
+        elif endpoint == ENDPOINT:
+            # werkzeug's leniencies: a last "//", a first "//". The app answers those itself.
+            assert path.endswith("//") or path.startswith("//"), path
+    assert taken == 3 * 3 * 2  # three spellings of an id on each side, with and without "/"
