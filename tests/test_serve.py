@@ -270,7 +270,7 @@ def test_a_chunked_body_that_stops_coming_gets_a_408(server: Server) -> None:
     with server.connect() as sock:
         sock.sendall(
             b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Transfer-Encoding: chunked\r\n\r\n2\r\n{\"\r\n"
+            b'Transfer-Encoding: chunked\r\n\r\n2\r\n{"\r\n'
         )
         status, body = read_response(sock)
     assert status == 408

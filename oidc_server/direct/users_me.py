@@ -15,6 +15,7 @@ Not used while rate limits are on: the route is counted by flask-limiter's defau
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -52,6 +53,10 @@ class DirectUsersMe:
         #: The app's JSON writer (``answers.json_writer``), so the bytes are the view's.
         self._write = write
         self._schema = MeSchema()
+        #: The body is the card's alone, and an app asks again and again for the same
+        #: account: the schema's dump and the JSON were a quarter of this answer's Python
+        #: (docs/scaling.md, session 14). Cards are values, so a changed card is another key.
+        self._body = functools.lru_cache(maxsize=1024)(self._account)
         self._seen = ProxiedView(svc)
         self._shapes = AnswerShape.get_and_head(
             svc, ME_PATH, [("Content-Type", "application/json")], vary_origin=vary_origin
@@ -89,7 +94,10 @@ class DirectUsersMe:
             return None
         if token is None or not isinstance(token.card, AccountCard):
             return None  # revoked, or the card is not cached: the view reads the database
-        card = token.card
+        return shape.answer(self._seen(environ), self._body(token.card), started)
+
+    def _account(self, card: AccountCard) -> bytes:
+        """The view's body for the user of ``card``."""
         account = self._schema.dump(
             {
                 "id": card.user_id,
@@ -99,7 +107,7 @@ class DirectUsersMe:
                 "created_at": card.created_at,
             }
         )
-        return shape.answer(self._seen(environ), self._write(account), started)
+        return self._write(account)
 
     def _users_token(self, authorization: str | None) -> dict[str, Any] | None:
         """The claims of a current user's token; else None."""

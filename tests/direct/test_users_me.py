@@ -17,7 +17,7 @@ from oidc_server.tokens.redis_store import RedisTokenStore
 from tests.conftest import PASSWORD, MachineClient, password_login
 from tests.support.direct import Answering, cut_off_from_redis, synchronously
 from tests.support.observing import metric
-from tests.support.roles import machine_token
+from tests.support.roles import machine_token, role_id
 from tests.support.rsgi_fakes import Headers, Scope
 
 PATH = "/api/v1/users/me"
@@ -85,6 +85,29 @@ def test_the_answer_is_the_views_byte_for_byte(
         assert b'"login":"' + user.login.encode() + b'"' in answered[2]
     else:
         assert answered[2] == b"" and int(dict(answered[1])["Content-Length"]) > 0
+
+
+def test_a_change_to_the_account_shows_in_the_next_answer(
+    app: Flask, services: Any, user: User, user_token: str, machine: MachineClient
+) -> None:
+    environ = me(user_token)
+    answering = direct(app)  # one worker's: it remembers the bodies it wrote
+    app_answer(app, environ)  # caches the card
+    before = answering(environ, b"")
+    assert before is not None and b'"roles":[]' in before[2]
+    writer = machine_token(app.test_client(), machine, "roles:write")
+    given = app.test_client().post(
+        f"/api/v1/users/{user.id}/roles/{role_id(services, 'moderator')}",
+        headers={"Authorization": f"Bearer {writer}"},
+    )
+    assert given.status_code == 201
+    from_app = app_answer(app, environ)  # the card was dropped: the view reads it anew
+
+    after = answering(environ, b"")
+
+    assert after is not None and b'"roles":["moderator"]' in after[2]
+    assert named(after) == named(from_app)
+    assert answering(environ, b"") == after
 
 
 def test_with_cors_on_the_answer_varies_by_origin_as_the_apps_does(
