@@ -128,6 +128,38 @@ def reset_database(url: str) -> None:
     engine.dispose()
 
 
+def fresh_environment(workers: int) -> dict[str, str]:
+    """The production server's environment for a benchmark, over an emptied database
+    (``BENCH_DATABASE_URL``) and Redis database (``BENCH_REDIS_URL``)."""
+    db_url = os.environ.get(
+        "BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/bench"
+    )
+    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/8")
+    ensure_database(db_url)
+    reset_database(db_url)
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    workdir = Path(tempfile.mkdtemp(prefix="oidc-bench-"))
+    port = free_port()
+    return {
+        **os.environ,
+        "APP_ENV": "production",
+        "SECRET_KEY": secrets.token_urlsafe(40),
+        "DATABASE_URL": db_url,
+        "REDIS_URL": redis_url,
+        "RATELIMIT_ENABLED": "false",
+        "OIDC_KEYS_DIR": str(workdir / "keys"),
+        "INSTANCE_DIR": str(workdir / "instance"),
+        "OIDC_ISSUER": f"http://127.0.0.1:{port}",
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        "WEB_CONCURRENCY": str(workers),
+        # Access lines are off by default, as at the peers; BENCH_LOG_LEVEL=INFO counts them.
+        "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+    }
+
+
 def ensure_autocannon() -> None:
     if not (BENCH_DIR / "node_modules" / "autocannon").exists():
         subprocess.run(
@@ -264,8 +296,9 @@ class Server:
             self.proc.wait(timeout=30)
 
 
-def seed(env: dict[str, str], users: int) -> dict[str, Any]:
-    """A machine client, users with a role, and ready sessions for refresh and bearer calls."""
+def seed(env: dict[str, str], users: int, sessions: int = REFRESH_SESSIONS) -> dict[str, Any]:
+    """A machine client, users with a role, and ``sessions`` ready sessions for refresh and
+    bearer calls."""
     os.environ.update(env)
     from oidc_server.accounts import role_names
     from oidc_server.clients import create_client
@@ -314,7 +347,7 @@ def seed(env: dict[str, str], users: int) -> dict[str, Any]:
                 auth_method="password",
             )
         )[0]
-        for _ in range(REFRESH_SESSIONS)
+        for _ in range(sessions)
     ]
     svc.db.dispose()
     return {"machine": machine, "user_id": user_id, "role_id": role_id, "sessions": sessions}
@@ -625,38 +658,13 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    db_url = os.environ.get(
-        "BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/bench"
-    )
-    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/8")
-    RESULTS.mkdir(exist_ok=True)
-    ensure_autocannon()
-    ensure_database(db_url)
-    reset_database(db_url)
-    import redis
-
-    redis.Redis.from_url(redis_url).flushdb()
-    workdir = Path(tempfile.mkdtemp(prefix="oidc-bench-"))
-    port = free_port()
     workers = (
         args.workers or int(os.environ.get("WEB_CONCURRENCY", 0)) or default_workers(usable_cores())
     )
-    env = {
-        **os.environ,
-        "APP_ENV": "production",
-        "SECRET_KEY": secrets.token_urlsafe(40),
-        "DATABASE_URL": db_url,
-        "REDIS_URL": redis_url,
-        "RATELIMIT_ENABLED": "false",
-        "OIDC_KEYS_DIR": str(workdir / "keys"),
-        "INSTANCE_DIR": str(workdir / "instance"),
-        "OIDC_ISSUER": f"http://127.0.0.1:{port}",
-        "PORT": str(port),
-        "HOST": "127.0.0.1",
-        "WEB_CONCURRENCY": str(workers),
-        # Access lines are off by default, as at the peers; BENCH_LOG_LEVEL=INFO counts them.
-        "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
-    }
+    RESULTS.mkdir(exist_ok=True)
+    ensure_autocannon()
+    env = fresh_environment(workers)
+    db_url = env["DATABASE_URL"]
     server = Server(env, workers)
     report: dict[str, Any] = {
         "workers": workers,
