@@ -126,7 +126,6 @@ def measure(prepared: dict[str, Any], args: argparse.Namespace) -> dict[str, flo
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     app.__rsgi_init__(loop)
-    under_callgrind = args.instructions
 
     async def answer(spec: dict[str, Any], count: int, statuses: list[int]) -> None:
         for _ in range(count):
@@ -145,14 +144,14 @@ def measure(prepared: dict[str, Any], args: argparse.Namespace) -> dict[str, flo
     for name, spec in prepared["specs"].items():
         loop.run_until_complete(load(spec, 8 * args.concurrency))  # caches fill, as in a worker
         total = args.requests - args.requests % args.concurrency
-        if under_callgrind:
+        if args.instructions:
             _callgrind("-z")
             _callgrind("-i", "on")
         through_flask.clear()
         started = time.process_time()
         statuses = loop.run_until_complete(load(spec, total))
         spent = time.process_time() - started
-        if under_callgrind:
+        if args.instructions:
             _callgrind("-i", "off")
             _callgrind(f"--dump={name}")
         wrong = [status for status in statuses if status >= 300]

@@ -29,7 +29,13 @@ from oidc_server.tokens.memory_store import MemoryTokenStore
 from oidc_server.tokens.reads import read_together
 from oidc_server.tokens.redis_store import RedisTokenStore
 from oidc_server.tokens.service import LoginContext, TokenService
-from oidc_server.tokens.store import RefreshRecord, SessionRecord, StoreUnavailable, TokenStore
+from oidc_server.tokens.store import (
+    RefreshRecord,
+    Rotation,
+    SessionRecord,
+    StoreUnavailable,
+    TokenStore,
+)
 
 from .conftest import PASSWORD, bearer, make_client
 from .support.accounts import FakeClock, api_login, register, throttled_app
@@ -392,11 +398,20 @@ def exercise_every_store_operation(store: TokenStore) -> set[str]:
     refresh = RefreshRecord("s-1", "u-1", "other-app", "openid", now, now + 3600)
     call("add_refresh_token", "s-1", hash_token("s-1.extra"), refresh, 3600)
     call("peek_refresh_token", "s-1", hash_token("s-1.r0"))
-    call("rotate_refresh_token", "s-1", hash_token("s-1.r0"), hash_token("s-1.r1"), now, 3600)
-    call("rotate_refresh_token", "s-2", hash_token("s-2.r0"), hash_token("s-2.r1"), now, 3600)
-    call("rotate_refresh_token", "s-2", hash_token("s-2.r0"), hash_token("s-2.r2"), now, 3600)
+    call(
+        "rotate_refresh_token",
+        Rotation("s-1", hash_token("s-1.r0"), hash_token("s-1.r1"), now, 3600),
+    )
+    call(
+        "rotate_refresh_token",
+        Rotation("s-2", hash_token("s-2.r0"), hash_token("s-2.r1"), now, 3600),
+    )
+    call(
+        "rotate_refresh_token",
+        Rotation("s-2", hash_token("s-2.r0"), hash_token("s-2.r2"), now, 3600),
+    )
     session("s-5")
-    step = call("rotation", "s-5", hash_token("s-5.r0"), hash_token("s-5.r1"), now, 3600)
+    step = call("rotation", Rotation("s-5", hash_token("s-5.r0"), hash_token("s-5.r1"), now, 3600))
     read_together(getattr(store, "redis", None), step)  # the same write, sent with others
     call("get_session", "s-1")
     call("list_sessions", "u-1")

@@ -33,7 +33,7 @@ from oidc_server.config import Settings
 from oidc_server.tokens import redis_connect
 from oidc_server.tokens.reads import read_together
 from oidc_server.tokens.redis_store import RedisTokenStore
-from oidc_server.tokens.store import RefreshRecord, RotateOutcome, SessionRecord
+from oidc_server.tokens.store import RefreshRecord, RotateOutcome, Rotation, SessionRecord
 
 from .support.cli import run_cli, settings_env
 from .support.observing import sample
@@ -491,10 +491,10 @@ def _exercise_token_store(client: Any) -> None:
     session = SessionRecord(sid, "user-1", "cinema-app", now, now, now, "password")
     record = RefreshRecord(sid, "user-1", "cinema-app", "openid", now, now + 60)
     store.start_session(session, "hash-1", record, ttl=60)
-    assert store.rotate_refresh_token(sid, "hash-1", "hash-2", now, 60).outcome is (
+    assert store.rotate_refresh_token(Rotation(sid, "hash-1", "hash-2", now, 60)).outcome is (
         RotateOutcome.ROTATED
     )
-    assert store.rotate_refresh_token(sid, "hash-1", "hash-3", now, 60).outcome is (
+    assert store.rotate_refresh_token(Rotation(sid, "hash-1", "hash-3", now, 60)).outcome is (
         RotateOutcome.REUSED
     )
     assert store.get_session(sid) is None  # reuse ended the session
@@ -507,8 +507,8 @@ def _exercise_token_store(client: Any) -> None:
     client.script_flush()
     rotated, reused, active = read_together(
         client,
-        store.rotation(sid, "hash-1", "hash-2", now, 60),
-        store.rotation(sid, "hash-1", "hash-3", now, 60),
+        store.rotation(Rotation(sid, "hash-1", "hash-2", now, 60)),
+        store.rotation(Rotation(sid, "hash-1", "hash-3", now, 60)),
         store.access_token_reads("some-jti", None),
     )
     assert (rotated.outcome, reused.outcome, active) == (

@@ -11,7 +11,14 @@ from dataclasses import replace
 from typing import Any
 
 from .reads import Reads
-from .store import RefreshRecord, RotateOutcome, RotateResult, SessionRecord, TokenStore
+from .store import (
+    RefreshRecord,
+    RotateOutcome,
+    RotateResult,
+    Rotation,
+    SessionRecord,
+    TokenStore,
+)
 
 
 class _Expiring:
@@ -91,37 +98,27 @@ class MemoryTokenStore(TokenStore):
             entry = self._refresh.get((sid, refresh_hash))
             return None if entry is None else (entry[0], entry[1])
 
-    def rotate_refresh_token(
-        self,
-        sid: str,
-        old_hash: str,
-        new_hash: str,
-        now: int,
-        ttl: int,
-        *,
-        client_id: str | None = None,
-        user_id: str | None = None,
-        scope: list[str] | None = None,
-    ) -> RotateResult:
+    def rotate_refresh_token(self, rotation: Rotation) -> RotateResult:
+        sid, now, ttl = rotation.sid, rotation.now, rotation.ttl
         with self._lock:
             self._tick()
             session = self._sessions.get(sid)
-            entry = self._refresh.get((sid, old_hash))
+            entry = self._refresh.get((sid, rotation.old_hash))
             if session is None or entry is None:
                 return RotateResult(RotateOutcome.INVALID)
             record, spent = entry
-            if client_id is not None and record.client_id != client_id:
+            if rotation.client_id is not None and record.client_id != rotation.client_id:
                 return RotateResult(RotateOutcome.INVALID)
-            if user_id is not None and record.user_id != user_id:
+            if rotation.user_id is not None and record.user_id != rotation.user_id:
                 return RotateResult(RotateOutcome.INVALID)
-            if scope and not set(scope) <= set(record.scope.split()):
+            if rotation.scope and not set(rotation.scope) <= set(record.scope.split()):
                 return RotateResult(RotateOutcome.SCOPE_EXCEEDED)
             if spent:
                 self._sessions.pop(sid)
                 return RotateResult(RotateOutcome.REUSED, record)
-            self._refresh.set_keep_ttl((sid, old_hash), [record, True])
+            self._refresh.set_keep_ttl((sid, rotation.old_hash), [record, True])
             successor = replace(record, issued_at=now, expires_at=now + ttl)
-            self._refresh.set((sid, new_hash), [successor, False], ttl)
+            self._refresh.set((sid, rotation.new_hash), [successor, False], ttl)
             touched = replace(session, last_used_at=now)
             self._sessions.set(sid, touched, ttl)
             return RotateResult(RotateOutcome.ROTATED, record, touched)

@@ -21,6 +21,7 @@ from .store import (
     RefreshRecord,
     RotateOutcome,
     RotateResult,
+    Rotation,
     SessionRecord,
     StoreUnavailable,
     TokenStore,
@@ -209,77 +210,41 @@ class RedisTokenStore(TokenStore):
         return RefreshRecord.from_fields(decoded), decoded.get("spent") == "1"
 
     @_fail_closed
-    def rotate_refresh_token(
-        self,
-        sid: str,
-        old_hash: str,
-        new_hash: str,
-        now: int,
-        ttl: int,
-        *,
-        client_id: str | None = None,
-        user_id: str | None = None,
-        scope: list[str] | None = None,
-    ) -> RotateResult:
-        keys, args = self._rotate_inputs(
-            sid, old_hash, new_hash, now, ttl, client_id, user_id, scope
-        )
-        return self._rotated(sid, ttl, self._rotate(keys=keys, args=args))
+    def rotate_refresh_token(self, rotation: Rotation) -> RotateResult:
+        keys, args = self._rotate_inputs(rotation)
+        return self._rotated(rotation, self._rotate(keys=keys, args=args))
 
-    def rotation(
-        self,
-        sid: str,
-        old_hash: str,
-        new_hash: str,
-        now: int,
-        ttl: int,
-        *,
-        client_id: str | None = None,
-        user_id: str | None = None,
-        scope: list[str] | None = None,
-    ) -> Reads[RotateResult]:
-        keys, args = self._rotate_inputs(
-            sid, old_hash, new_hash, now, ttl, client_id, user_id, scope
-        )
+    def rotation(self, rotation: Rotation) -> Reads[RotateResult]:
+        keys, args = self._rotate_inputs(rotation)
 
         def reloaded(refused: redis.ResponseError) -> RotateResult:
             # NOSCRIPT (a restarted or failed-over Redis, SCRIPT FLUSH): nothing ran, so the
             # call that loads the script may run it now.
             if not isinstance(refused, NoScriptError):
                 raise refused
-            return self.rotate_refresh_token(
-                sid, old_hash, new_hash, now, ttl, client_id=client_id, user_id=user_id, scope=scope
-            )
+            return self.rotate_refresh_token(rotation)
 
         return Reads(
             (("EVALSHA", self._rotate.sha, len(keys), *keys, *args),),
-            lambda replies: self._rotated(sid, ttl, replies[0]),
+            lambda replies: self._rotated(rotation, replies[0]),
             reloaded,
         )
 
-    def _rotate_inputs(
-        self,
-        sid: str,
-        old_hash: str,
-        new_hash: str,
-        now: int,
-        ttl: int,
-        client_id: str | None,
-        user_id: str | None,
-        scope: list[str] | None,
-    ) -> tuple[list[str], list[Any]]:
+    def _rotate_inputs(self, rotation: Rotation) -> tuple[list[str], list[Any]]:
+        sid, ttl = rotation.sid, rotation.ttl
         keys = [
             self._session_key(sid),
-            self._refresh_key(sid, old_hash),
-            self._refresh_key(sid, new_hash),
+            self._refresh_key(sid, rotation.old_hash),
+            self._refresh_key(sid, rotation.new_hash),
         ]
-        checks = [client_id or "", user_id or "", *(scope or ())]
-        return keys, [now, ttl, _index_ttl(ttl), *checks]
+        checks = [rotation.client_id or "", rotation.user_id or "", *(rotation.scope or ())]
+        return keys, [rotation.now, ttl, _index_ttl(ttl), *checks]
 
     @_fail_closed
-    def _rotated(self, sid: str, ttl: int, reply: list[bytes]) -> RotateResult:
+    def _rotated(self, rotation: Rotation, reply: list[bytes]) -> RotateResult:
         """The result of ``_ROTATE``'s reply, after the user's session index is kept in step
         with it (another slot than the session's, so not in the script)."""
+        sid, ttl = rotation.sid, rotation.ttl
         outcome = RotateOutcome(reply[0].decode())
         if outcome in (RotateOutcome.INVALID, RotateOutcome.SCOPE_EXCEEDED):
             return RotateResult(outcome)

@@ -19,7 +19,14 @@ from typing import Any, TypeVar
 from ..security import hash_token
 from .access_tokens import AccessTokenCodec
 from .reads import Reads
-from .store import RefreshRecord, RotateOutcome, RotateResult, SessionRecord, TokenStore
+from .store import (
+    RefreshRecord,
+    RotateOutcome,
+    RotateResult,
+    Rotation,
+    SessionRecord,
+    TokenStore,
+)
 
 R = TypeVar("R")
 
@@ -195,7 +202,7 @@ class TokenService:
 
     def _rotate(
         self,
-        rotate: Callable[..., R],
+        rotate: Callable[[Rotation], R],
         refresh_token: str,
         client_id: str,
         user_id: str,
@@ -209,14 +216,16 @@ class TokenService:
         sid, old_hash = parts
         successor = new_refresh_token(sid, user_id)
         answer = rotate(
-            sid,
-            old_hash,
-            hash_token(successor),
-            int(self._clock()),
-            self.refresh_token_ttl,
-            client_id=client_id,
-            user_id=user_id,
-            scope=scope.split() if scope else None,
+            Rotation(
+                sid,
+                old_hash,
+                hash_token(successor),
+                int(self._clock()),
+                self.refresh_token_ttl,
+                client_id=client_id,
+                user_id=user_id,
+                scope=scope.split() if scope else None,
+            )
         )
         return successor, answer
 

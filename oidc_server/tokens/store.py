@@ -87,6 +87,23 @@ class RotateOutcome(enum.Enum):
 
 
 @dataclass(frozen=True)
+class Rotation:
+    """A refresh token's spend, asked of the store: in session ``sid``, spend the token
+    hashed ``old_hash`` and store ``new_hash`` in its place for ``ttl`` seconds from ``now``,
+    if the token is ``client_id``'s and ``user_id``'s and was granted every scope of
+    ``scope`` (each check skipped when None)."""
+
+    sid: str
+    old_hash: str
+    new_hash: str
+    now: int
+    ttl: int
+    client_id: str | None = None
+    user_id: str | None = None
+    scope: list[str] | None = None
+
+
+@dataclass(frozen=True)
 class RotateResult:
     outcome: RotateOutcome
     record: RefreshRecord | None = None
@@ -112,50 +129,24 @@ class TokenStore(ABC):
         """The record and whether it is spent, if the token and its session are alive."""
 
     @abstractmethod
-    def rotate_refresh_token(
-        self,
-        sid: str,
-        old_hash: str,
-        new_hash: str,
-        now: int,
-        ttl: int,
-        *,
-        client_id: str | None = None,
-        user_id: str | None = None,
-        scope: list[str] | None = None,
-    ) -> RotateResult:
-        """Atomically spend ``old_hash`` and store ``new_hash`` for the same session.
+    def rotate_refresh_token(self, rotation: Rotation) -> RotateResult:
+        """Atomically spend the token and store its successor for the same session.
 
-        Of any number of concurrent calls with the same ``old_hash`` exactly one rotates;
-        any later call finds it spent, ends the session and answers ``REUSED``. The token
+        Of any number of concurrent calls spending the same token exactly one rotates; any
+        later call finds it spent, ends the session and answers ``REUSED``. The token
         endpoint's checks happen in the same step, before anything is spent: a token of
         another client than ``client_id`` or another user than ``user_id`` is ``INVALID``,
         and asking for a ``scope`` the token was not granted is ``SCOPE_EXCEEDED`` (RFC 6749
         §6); neither ends the session.
         """
 
-    def rotation(
-        self,
-        sid: str,
-        old_hash: str,
-        new_hash: str,
-        now: int,
-        ttl: int,
-        *,
-        client_id: str | None = None,
-        user_id: str | None = None,
-        scope: list[str] | None = None,
-    ) -> Reads[RotateResult]:
+    def rotation(self, rotation: Rotation) -> Reads[RotateResult]:
         """``rotate_refresh_token`` as one step of a shared round trip (``tokens.reads``):
         the same single atomic step, sent with other requests' commands. A store that
         answers in this process (the default here) rotates when the step is answered."""
         from .reads import Reads  # here: reads imports this module
 
-        return Reads.local(
-            lambda: self.rotate_refresh_token(
-                sid, old_hash, new_hash, now, ttl, client_id=client_id, user_id=user_id, scope=scope
-            )
-        )
+        return Reads.local(lambda: self.rotate_refresh_token(rotation))
 
     @abstractmethod
     def add_refresh_token(

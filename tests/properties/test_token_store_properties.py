@@ -39,6 +39,7 @@ from oidc_server.tokens.store import (
     RefreshRecord,
     RotateOutcome,
     RotateResult,
+    Rotation,
     SessionRecord,
     TokenStore,
 )
@@ -212,7 +213,7 @@ class TokenStoreMachine(RuleBasedStateMachine):
         old_key = self.keys()._refresh_key(token.sid, old) if self.backend.redis else ""
         old_expiry = self.backend.expiry_ms(old_key) if self.backend.redis else 0
         result, before, after = self.redis_call(
-            lambda: self.store.rotate_refresh_token(token.sid, old, new, now, ttl)
+            lambda: self.store.rotate_refresh_token(Rotation(token.sid, old, new, now, ttl))
         )
         assert isinstance(result, RotateResult)
         assert result.outcome is expected, (old, token)
@@ -245,7 +246,9 @@ class TokenStoreMachine(RuleBasedStateMachine):
         """A guessed refresh token for a real session changes nothing, and ends nothing."""
         sid = self.refresh_tokens[token].sid
         new = self.fresh_name("h")
-        result = self.store.rotate_refresh_token(sid, "never-issued", new, int(self.now), 60)
+        result = self.store.rotate_refresh_token(
+            Rotation(sid, "never-issued", new, int(self.now), 60)
+        )
         assert result == RotateResult(RotateOutcome.INVALID)
         self.never_stored.append((sid, new))
 
@@ -349,7 +352,7 @@ def test_of_concurrent_uses_of_one_refresh_token_at_most_one_rotates_it(
     store.start_session(session, "h0", record, ttl=3600)
     chain = ["h0"]
     for i in range(1, rotations_before + 1):
-        rotated = store.rotate_refresh_token("s1", chain[-1], f"h{i}", START, 3600)
+        rotated = store.rotate_refresh_token(Rotation("s1", chain[-1], f"h{i}", START, 3600))
         assert rotated.outcome is RotateOutcome.ROTATED
         chain.append(f"h{i}")
     contended = data.draw(st.sampled_from(chain), label="contended token")
@@ -360,7 +363,9 @@ def test_of_concurrent_uses_of_one_refresh_token_at_most_one_rotates_it(
 
     def present(i: int) -> None:
         barrier.wait()
-        outcome = store.rotate_refresh_token("s1", contended, f"new-{i}", START, 3600).outcome
+        outcome = store.rotate_refresh_token(
+            Rotation("s1", contended, f"new-{i}", START, 3600)
+        ).outcome
         with lock:
             outcomes.append(outcome)
 
@@ -381,7 +386,7 @@ def test_of_concurrent_uses_of_one_refresh_token_at_most_one_rotates_it(
     successors = [f"new-{i}" for i in range(workers)]
     for refresh_hash in chain + successors:
         assert store.peek_refresh_token("s1", refresh_hash) is None
-        assert store.rotate_refresh_token("s1", refresh_hash, "x", START, 60).outcome is (
+        assert store.rotate_refresh_token(Rotation("s1", refresh_hash, "x", START, 60)).outcome is (
             RotateOutcome.INVALID
         )
     assert not store.is_access_token_active("any-jti", "s1")

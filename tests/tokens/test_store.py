@@ -17,6 +17,7 @@ from oidc_server.tokens.redis_store import RedisTokenStore
 from oidc_server.tokens.store import (
     RefreshRecord,
     RotateOutcome,
+    Rotation,
     SessionRecord,
     StoreUnavailable,
     TokenStore,
@@ -72,7 +73,7 @@ def test_a_new_session_and_its_refresh_token_are_found(store: TokenStore) -> Non
 
 def test_rotation_spends_the_old_token_and_stores_the_new(store: TokenStore) -> None:
     store.start_session(session(), "h1", refresh(), ttl=60)
-    result = store.rotate_refresh_token("s1", "h1", "h2", now=150, ttl=60)
+    result = store.rotate_refresh_token(Rotation("s1", "h1", "h2", now=150, ttl=60))
     assert result.outcome is RotateOutcome.ROTATED
     assert result.record == refresh()
     assert store.peek_refresh_token("s1", "h1") == (refresh(), True)
@@ -84,12 +85,15 @@ def test_rotation_spends_the_old_token_and_stores_the_new(store: TokenStore) -> 
 
 def test_reusing_a_spent_token_ends_the_session(store: TokenStore) -> None:
     store.start_session(session(), "h1", refresh(), ttl=60)
-    store.rotate_refresh_token("s1", "h1", "h2", now=150, ttl=60)
-    reused = store.rotate_refresh_token("s1", "h1", "h3", now=160, ttl=60)
+    store.rotate_refresh_token(Rotation("s1", "h1", "h2", now=150, ttl=60))
+    reused = store.rotate_refresh_token(Rotation("s1", "h1", "h3", now=160, ttl=60))
     assert reused.outcome is RotateOutcome.REUSED
     assert store.get_session("s1") is None
     # The legitimate successor dies with its session.
-    assert store.rotate_refresh_token("s1", "h2", "h4", 170, 60).outcome is RotateOutcome.INVALID
+    assert (
+        store.rotate_refresh_token(Rotation("s1", "h2", "h4", 170, 60)).outcome
+        is RotateOutcome.INVALID
+    )
     assert store.list_sessions("u1") == []
 
 
@@ -100,18 +104,22 @@ def test_a_token_presented_for_another_client_or_user_is_invalid_and_stays_unspe
     store: TokenStore, claim: dict[str, str]
 ) -> None:
     store.start_session(session(), "h1", refresh(), ttl=60)
-    outcome = store.rotate_refresh_token("s1", "h1", "h2", 150, 60, **claim).outcome
+    outcome = store.rotate_refresh_token(Rotation("s1", "h1", "h2", 150, 60, **claim)).outcome
     assert outcome is RotateOutcome.INVALID
     assert store.peek_refresh_token("s1", "h1") == (refresh(), False)
     assert store.get_session("s1") is not None
-    rotated = store.rotate_refresh_token("s1", "h1", "h2", 150, 60, client_id="app", user_id="u1")
+    rotated = store.rotate_refresh_token(
+        Rotation("s1", "h1", "h2", 150, 60, client_id="app", user_id="u1")
+    )
     assert rotated.outcome is RotateOutcome.ROTATED
 
 
 def test_a_spent_token_of_another_client_does_not_end_the_session(store: TokenStore) -> None:
     store.start_session(session(), "h1", refresh(), ttl=60)
-    store.rotate_refresh_token("s1", "h1", "h2", 150, 60, client_id="app")
-    outcome = store.rotate_refresh_token("s1", "h1", "h3", 160, 60, client_id="intruder").outcome
+    store.rotate_refresh_token(Rotation("s1", "h1", "h2", 150, 60, client_id="app"))
+    outcome = store.rotate_refresh_token(
+        Rotation("s1", "h1", "h3", 160, 60, client_id="intruder")
+    ).outcome
     assert outcome is RotateOutcome.INVALID
     assert store.get_session("s1") is not None
 
@@ -129,19 +137,27 @@ def test_a_refresh_may_narrow_the_scope_but_not_widen_it(
     store: TokenStore, asked: list[str], outcome: RotateOutcome
 ) -> None:
     store.start_session(session(), "h1", refresh(), ttl=60)  # granted: "openid"
-    result = store.rotate_refresh_token("s1", "h1", "h2", 150, 60, client_id="app", scope=asked)
+    result = store.rotate_refresh_token(
+        Rotation("s1", "h1", "h2", 150, 60, client_id="app", scope=asked)
+    )
     assert result.outcome is outcome
     if outcome is RotateOutcome.SCOPE_EXCEEDED:
         # Refused before spending: the same token still rotates.
         assert store.peek_refresh_token("s1", "h1") == (refresh(), False)
-        retry = store.rotate_refresh_token("s1", "h1", "h2", 150, 60, client_id="app")
+        retry = store.rotate_refresh_token(Rotation("s1", "h1", "h2", 150, 60, client_id="app"))
         assert retry.outcome is RotateOutcome.ROTATED
 
 
 def test_unknown_tokens_do_not_rotate(store: TokenStore) -> None:
-    assert store.rotate_refresh_token("s1", "h1", "h2", 1, 60).outcome is RotateOutcome.INVALID
+    assert (
+        store.rotate_refresh_token(Rotation("s1", "h1", "h2", 1, 60)).outcome
+        is RotateOutcome.INVALID
+    )
     store.start_session(session(), "h1", refresh(), ttl=60)
-    assert store.rotate_refresh_token("s1", "zz", "h2", 1, 60).outcome is RotateOutcome.INVALID
+    assert (
+        store.rotate_refresh_token(Rotation("s1", "zz", "h2", 1, 60)).outcome
+        is RotateOutcome.INVALID
+    )
 
 
 def test_ending_a_session_kills_refresh_and_access_tokens(store: TokenStore) -> None:
@@ -150,7 +166,10 @@ def test_ending_a_session_kills_refresh_and_access_tokens(store: TokenStore) -> 
     store.end_session("s1")
     assert not store.is_access_token_active("jti-1", "s1")
     assert store.peek_refresh_token("s1", "h1") is None
-    assert store.rotate_refresh_token("s1", "h1", "h2", 1, 60).outcome is RotateOutcome.INVALID
+    assert (
+        store.rotate_refresh_token(Rotation("s1", "h1", "h2", 1, 60)).outcome
+        is RotateOutcome.INVALID
+    )
 
 
 def test_denied_access_tokens_are_inactive(store: TokenStore) -> None:
@@ -174,14 +193,14 @@ def test_the_access_token_check_as_a_read_answers_as_the_check_does(store: Token
 def test_the_rotation_as_a_step_answers_as_the_rotation_does(store: TokenStore) -> None:
     for sid in ("s1", "s2", "s3"):
         store.start_session(session(sid), "h1", refresh(sid), ttl=60)
-    store.rotate_refresh_token("s2", "h1", "h2", now=150, ttl=60)  # s2's h1 is now spent
+    store.rotate_refresh_token(Rotation("s2", "h1", "h2", now=150, ttl=60))  # s2's h1 is now spent
     client = getattr(store, "redis", None)
     steps = [
-        store.rotation("s1", "h1", "h2", 150, 60, client_id="app", user_id="u1"),
-        store.rotation("s2", "h1", "h3", 160, 60),
-        store.rotation("s3", "h1", "h2", 150, 60, scope=["roles:write"]),
-        store.rotation("s3", "h1", "h2", 150, 60, client_id="intruder"),
-        store.rotation("missing", "h1", "h2", 150, 60),
+        store.rotation(Rotation("s1", "h1", "h2", 150, 60, client_id="app", user_id="u1")),
+        store.rotation(Rotation("s2", "h1", "h3", 160, 60)),
+        store.rotation(Rotation("s3", "h1", "h2", 150, 60, scope=["roles:write"])),
+        store.rotation(Rotation("s3", "h1", "h2", 150, 60, client_id="intruder")),
+        store.rotation(Rotation("missing", "h1", "h2", 150, 60)),
     ]
 
     rotated, reused, beyond, other_client, unknown = read_together(client, *steps)
@@ -203,7 +222,9 @@ def test_two_spends_of_one_token_in_one_round_trip_rotate_once(store: TokenStore
     store.start_session(session(), "h1", refresh(), ttl=60)
     client = getattr(store, "redis", None)
     first, second = read_together(
-        client, store.rotation("s1", "h1", "h2", 150, 60), store.rotation("s1", "h1", "h3", 150, 60)
+        client,
+        store.rotation(Rotation("s1", "h1", "h2", 150, 60)),
+        store.rotation(Rotation("s1", "h1", "h3", 150, 60)),
     )
     assert (first.outcome, second.outcome) == (RotateOutcome.ROTATED, RotateOutcome.REUSED)
     assert store.get_session("s1") is None
@@ -268,13 +289,17 @@ def test_refreshes_lengthen_the_users_session_index_only_when_it_runs_short(
     store.start_session(session(created_at=now), "h0", refresh(), ttl=100)
     assert 195 <= redis_client.ttl(index) <= 200  # two TTLs
     redis_client.expire(index, 180)  # a needless EXPIRE ... GT 200 would show below
-    store.rotate_refresh_token("s1", "h0", "h1", now + 1, 100)  # 199 s known left: untouched
-    store.rotate_refresh_token("s1", "h1", "h2", now + 40, 100)  # 160 s: still untouched
+    store.rotate_refresh_token(
+        Rotation("s1", "h0", "h1", now + 1, 100)
+    )  # 199 s known left: untouched
+    store.rotate_refresh_token(Rotation("s1", "h1", "h2", now + 40, 100))  # 160 s: still untouched
     assert 175 <= redis_client.ttl(index) <= 180
-    store.rotate_refresh_token("s1", "h2", "h3", now + 60, 100)  # 140 s < 150: lengthened
+    store.rotate_refresh_token(Rotation("s1", "h2", "h3", now + 60, 100))  # 140 s < 150: lengthened
     assert 195 <= redis_client.ttl(index) <= 200
     redis_client.expire(index, 180)
-    store.rotate_refresh_token("s1", "h3", "h4", now + 70, 100)  # 190 s known left: untouched
+    store.rotate_refresh_token(
+        Rotation("s1", "h3", "h4", now + 70, 100)
+    )  # 190 s known left: untouched
     assert 175 <= redis_client.ttl(index) <= 180
     assert redis_client.ttl(index) >= redis_client.ttl(store._session_key("s1"))
     redis_client.flushdb()
@@ -289,7 +314,7 @@ def test_of_concurrent_rotations_exactly_one_wins(store: TokenStore, workers: in
 
     def attempt(i: int) -> None:
         barrier.wait()
-        outcome = store.rotate_refresh_token("s1", "h0", f"new-{i}", 150, 60).outcome
+        outcome = store.rotate_refresh_token(Rotation("s1", "h0", f"new-{i}", 150, 60)).outcome
         with lock:
             outcomes.append(outcome)
 
