@@ -10,7 +10,7 @@ import click
 from . import accounts, audit
 from . import roles as roles_domain
 from .bootstrap import ensure_first_party_client
-from .clients import CLIENTS_GENERATION, GRANT_TYPES, SCOPES_SUPPORTED, ClientError, create_client
+from .clients import GRANT_TYPES, SCOPES_SUPPORTED, ClientError, clients_changed, create_client
 from .config import ConfigError, Settings
 from .db import Database, upgrade
 from .keys import KeyRing
@@ -66,9 +66,10 @@ def db_upgrade(revision: str) -> None:
 
 
 def _clients_changed(settings: Settings) -> None:
-    """Tell running workers to drop cached clients (they share Redis with the CLI)."""
+    """Tell running workers to drop cached clients (they share Redis with the CLI); returns
+    once every request they receive sees the change (``clients.clients_changed``)."""
     if settings.redis_url:
-        RedisTokenStore.from_url(settings.redis_url).bump_generation(CLIENTS_GENERATION)
+        clients_changed(RedisTokenStore.from_url(settings.redis_url))
 
 
 @main.group()

@@ -6,6 +6,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from authlib.oauth2.rfc6749 import ClientMixin
@@ -16,6 +17,9 @@ from sqlalchemy.orm import Session
 
 from .models import OAuthClient
 from .security import check_client_secret, generate_client_secret, hash_client_secret
+
+if TYPE_CHECKING:
+    from .tokens.store import TokenStore
 
 GRANT_TYPES = (
     "authorization_code",
@@ -188,6 +192,26 @@ def create_client(
 
 #: Generation name that every change to a client bumps (see ``TokenStore.bump_generation``).
 CLIENTS_GENERATION = "clients"
+#: Seconds after a generation read was sent during which a worker still answers new requests
+#: from it (``ClientCache.generation_read_since``), in place of a read per request: under load
+#: that read was a Redis round trip per token, about a tenth of a token's cost (docs/scaling.md,
+#: session 15). Whoever changes a client waits this long after bumping the generation
+#: (``clients_changed``), so every request received after the change returns still sees it.
+GENERATION_LEASE = 0.1
+#: Added to the changer's wait: two processes' monotonic clocks run at rates within a few
+#: hundred parts per million of each other, far less than this over one lease.
+LEASE_MARGIN = 0.01
+
+
+def clients_changed(store: TokenStore) -> None:
+    """Tell every worker that clients changed, and return only once all of them act on it.
+
+    Bumps the generation (each worker drops its copies at its next read), then waits out the
+    lease of every read sent before the bump: a request received after this returns is
+    answered from a read sent after the bump.
+    """
+    store.bump_generation(CLIENTS_GENERATION)
+    time.sleep(GENERATION_LEASE + LEASE_MARGIN)
 
 
 class ClientCache:
@@ -199,26 +223,33 @@ class ClientCache:
     in the embedded mode, where the CLI cannot reach the server's in-process store.
 
     It also keeps this worker's newest read of the generation, so that requests received
-    before that read was sent can use its answer instead of reading again
-    (``generation_read_since``): under load, requests queued behind one another share a read.
+    before that read was sent, or within ``lease`` seconds after, use its answer instead of
+    reading again (``generation_read_since``).
     """
 
-    def __init__(self, max_age: float = 60.0, max_entries: int = 10_000) -> None:
+    def __init__(
+        self, max_age: float = 60.0, max_entries: int = 10_000, lease: float = GENERATION_LEASE
+    ) -> None:
         self.max_age = max_age
         self.max_entries = max_entries
+        self.lease = lease
         self._entries: dict[str, tuple[str, float, RegisteredClient | None]] = {}
         #: When this worker's newest generation read was sent (``time.monotonic``), its answer.
         self._generation_read: tuple[float, str] | None = None
 
     def generation_read_since(self, received_at: float | None) -> str | None:
-        """The generation, as read by a read sent after ``received_at``; None if there is none.
+        """The generation, as read by a read sent after ``received_at - lease``; None if there
+        is none.
 
-        A request received at ``received_at`` must see every client change made before it
-        arrived. Redis answers a read with its state at some moment after the read was sent,
-        so any read sent later than the request arrived answers it, whoever sent it.
+        A request received at ``received_at`` must see every client change that returned
+        before it arrived. Redis answers a read with its state at some moment after the read
+        was sent, so a read sent later than the request arrived answers it, whoever sent it.
+        So does one sent up to ``lease`` earlier: a change that read missed was bumped after
+        it was sent, and its changer waited ``lease`` more before returning
+        (``clients_changed``), so it returned after the request arrived.
         """
         read = self._generation_read
-        if read is None or received_at is None or read[0] <= received_at:
+        if read is None or received_at is None or read[0] + self.lease <= received_at:
             return None
         return read[1]
 

@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 import pytest
 from flask import Flask
 
-from oidc_server.clients import CLIENTS_GENERATION
+from oidc_server.clients import clients_changed
 from oidc_server.models import OAuthClient
 from oidc_server.quick_requests import QUICK_ENDPOINTS, TOKEN_ENDPOINT, QuickRequests, grant_of
 from oidc_server.rsgi import RSGIServer
@@ -188,6 +188,8 @@ def test_token_requests_that_arrive_together_share_one_generation_read(
 ) -> None:
     if not isinstance(services.store, RedisTokenStore):
         pytest.skip("TEST_REDIS_URL not set (CI always sets it)")
+    # No lease: the sharing alone (a read's lease is tests/oauth/test_client_cache.py's).
+    monkeypatch.setattr(services.client_cache, "lease", 0.0)
     server = RSGIServer(
         app.wsgi_app,
         threads=1,
@@ -223,7 +225,7 @@ def test_token_requests_that_arrive_together_share_one_generation_read(
             session.query(OAuthClient).filter_by(
                 client_id=machine.client_id
             ).one().is_active = False
-        services.store.bump_generation(CLIENTS_GENERATION)
+        clients_changed(services.store)
         assert answers(3) == [401] * 3
     finally:
         server.pool.shutdown()

@@ -5,11 +5,12 @@ client bumps it, so every worker drops its copies at once (``clients.ClientCache
 endpoint that reads Redis for its request anyway (introspection, refresh) sends those reads
 with this one before authenticating the client, so both cost one round trip.
 
-A request the production server received before another request's read was sent uses that
-read's answer (``ClientCache.generation_read_since``): a read sent after the request arrived
-sees every change made before it. The server stamps each request with the time it arrived
-(``rsgi.RECEIVED_AT``); a request without the stamp (the test client, the embedded server)
-always reads.
+A request the production server received before another request's read was sent, or within
+that read's lease after, uses that read's answer (``ClientCache.generation_read_since``): a
+read sent after the request arrived sees every change made before it, and a change returns
+only once the lease of every read that missed it is over (``clients.clients_changed``). The
+server stamps each request with the time it arrived (``rsgi.RECEIVED_AT``); a request without
+the stamp (the test client, the embedded server) always reads.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import pytest
 import requests
 from flask import Flask
 
-from oidc_server.clients import CLIENTS_GENERATION
+from oidc_server.clients import clients_changed
 from oidc_server.models import OAuthClient
 from oidc_server.tokens.redis_store import RedisTokenStore
 from tests.conftest import PASSWORD, make_client
@@ -136,7 +136,7 @@ def test_tokens_role_checks_and_introspection_through_the_production_server(
             with services.db.session() as session:
                 row = session.query(OAuthClient).filter_by(client_id=machine.client_id).one()
                 row.is_active = False
-            services.store.bump_generation(CLIENTS_GENERATION)
+            clients_changed(services.store)
             refused = http.post(base + "/oauth/token", data={"grant_type": "client_credentials"})
             assert refused.status_code == 401
     finally:

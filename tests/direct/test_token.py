@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from oidc_server.clients import CLIENTS_GENERATION
+from oidc_server.clients import clients_changed
 from oidc_server.direct.token import DirectClientCredentials
 from oidc_server.models import OAuthClient
 from oidc_server.rsgi import RECEIVED_AT, Answer
@@ -292,22 +292,26 @@ def test_a_client_changed_since_it_was_cached_is_left_to_the_app(
     cached(app, machine)
     with services.db.session() as session:
         session.query(OAuthClient).filter_by(client_id=machine.client_id).one().is_active = False
-    services.store.bump_generation(CLIENTS_GENERATION)
+    clients_changed(services.store)
 
     environ = request(machine)
     assert direct(app)(environ, PLAIN) is None
     assert app_answer(app, environ)[0] == 401
 
 
-def test_while_redis_cannot_be_reached_the_app_answers(
-    app: Flask, services: Any, machine: MachineClient
+def test_while_redis_cannot_be_reached_a_token_waits_for_no_read_until_the_lease_is_over(
+    app: Flask, services: Any, machine: MachineClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if not isinstance(services.store, RedisTokenStore):
         pytest.skip("TEST_REDIS_URL not set (CI always sets it)")
-    cached(app, machine)
+    monkeypatch.setattr(services.client_cache, "lease", 60.0)
+    cached(app, machine)  # and read the generation
     cut_off = cut_off_from_redis(services)
-
     token = synchronously(DirectClientCredentials(cut_off, vary_origin=False))
+    # Within the lease of the app's read, a token needs nothing from Redis.
+    assert token(request(machine), PLAIN)[0] == 200
+    # After it, the generation must be read again: unreachable, so the app answers.
+    monkeypatch.setattr(services.client_cache, "lease", 0.0)
     assert token(request(machine), PLAIN) is None
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from oidc_server.clients import CLIENTS_GENERATION, ClientCache
+from oidc_server.clients import CLIENTS_GENERATION, ClientCache, clients_changed
 from oidc_server.models import OAuthClient
 from oidc_server.rsgi import RECEIVED_AT
 from oidc_server.tokens.redis_store import RedisTokenStore
@@ -75,7 +75,7 @@ def test_a_generation_bump_drops_cached_clients_in_every_worker(
         assert status_of(client, machine) == 200
         assert status_of(other_worker, machine) == 200
         deactivate(services, machine.client_id)
-        services.store.bump_generation(CLIENTS_GENERATION)
+        clients_changed(services.store)
         assert status_of(client, machine) == 401
         assert status_of(other_worker, machine) == 401
     finally:
@@ -91,21 +91,59 @@ def test_cached_entries_expire_after_max_age(
     assert token_status(client, machine) == 401
 
 
-# One generation read answers the requests that arrived before it was sent -----------------
+# One generation read answers the requests that arrived before it was sent, or within its lease
 
 
-def test_a_generation_read_answers_only_requests_received_before_it_was_sent() -> None:
-    cache = ClientCache()
+def test_a_generation_read_answers_requests_received_until_its_lease_ends() -> None:
+    cache = ClientCache(lease=0.25)
     assert cache.generation_read_since(10.0) is None  # nothing read yet
     cache.note_generation_read(10.0, "g1")
-    assert cache.generation_read_since(9.5) == "g1"
-    assert cache.generation_read_since(10.0) is None
+    assert cache.generation_read_since(9.5) == "g1"  # received before the read was sent
+    assert cache.generation_read_since(10.0) == "g1"
+    assert cache.generation_read_since(10.2) == "g1"  # received within its lease
+    assert cache.generation_read_since(10.25) is None  # the lease is over: read again
     assert cache.generation_read_since(10.5) is None
     assert cache.generation_read_since(None) is None  # a request without its arrival time
     cache.note_generation_read(9.0, "older")  # a slower thread's earlier read: not kept
-    assert cache.generation_read_since(9.5) == "g1"
+    assert cache.generation_read_since(10.2) == "g1"
     cache.note_generation_read(11.0, "g2")
-    assert cache.generation_read_since(10.5) == "g2"
+    assert cache.generation_read_since(11.2) == "g2"
+
+
+def test_without_a_lease_a_read_answers_only_requests_received_before_it_was_sent() -> None:
+    cache = ClientCache(lease=0)
+    cache.note_generation_read(10.0, "g1")
+    assert cache.generation_read_since(9.5) == "g1"
+    assert cache.generation_read_since(10.0) is None
+
+
+def test_clients_changed_returns_after_the_lease_of_every_read_sent_before_it(
+    services: Any,
+) -> None:
+    worker = ClientCache()
+    worker.note_generation_read(time.monotonic(), "before the change")
+    clients_changed(services.store)
+    assert services.store.get_generation(CLIENTS_GENERATION) != "before the change"
+    # A request received now must read the generation again, and so see the change.
+    assert worker.generation_read_since(time.monotonic()) is None
+
+
+@pytest.mark.parametrize(("lease", "trips_expected"), [(60.0, 0), (0.0, 1)])
+def test_a_request_received_after_a_read_uses_it_while_its_lease_lasts(
+    client: FlaskClient,
+    machine: MachineClient,
+    services: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    lease: float,
+    trips_expected: int,
+) -> None:
+    if not isinstance(services.store, RedisTokenStore):
+        pytest.skip("TEST_REDIS_URL not set (CI always sets it)")
+    monkeypatch.setattr(services.client_cache, "lease", lease)
+    assert token_status(client, machine, time.monotonic()) == 200  # reads the generation
+    with round_trips(monkeypatch) as trips:
+        assert token_status(client, machine, time.monotonic()) == 200
+    assert len(trips) == trips_expected
 
 
 @pytest.mark.parametrize("status_of", [token_status, introspection_status])
@@ -117,7 +155,7 @@ def test_a_client_change_is_seen_by_every_request_received_after_it(
 ) -> None:
     assert status_of(client, machine, time.monotonic()) == 200  # its read is now the newest
     deactivate(services, machine.client_id)
-    services.store.bump_generation(CLIENTS_GENERATION)
+    clients_changed(services.store)
     assert status_of(client, machine, time.monotonic()) == 401
 
 
@@ -159,5 +197,5 @@ def test_a_client_change_is_seen_by_an_introspection_that_reads_its_token(
 
     assert introspect().json["active"] is True
     deactivate(services, machine.client_id)
-    services.store.bump_generation(CLIENTS_GENERATION)
+    clients_changed(services.store)
     assert introspect().status_code == 401
