@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -70,3 +72,44 @@ def test_a_hash_made_with_other_parameters_needs_rehashing(hasher: PasswordHashe
     older = PasswordHasher(time_cost=1, memory_cost=2048, parallelism=1).hash("pw")
     assert hasher.needs_rehash(older) is True
     assert hasher.needs_rehash(hasher.hash("pw")) is False
+
+
+@pytest.mark.parametrize(
+    "compute",
+    [
+        lambda hasher, stored: hasher.verify(stored, "correct horse"),
+        lambda hasher, stored: hasher.verify(stored, "wrong horse"),
+        lambda hasher, stored: hasher.verify(None, "an unknown login's password"),
+        lambda hasher, stored: hasher.hash("a new password"),
+    ],
+    ids=["right password", "wrong password", "unknown login", "new hash"],
+)
+def test_a_process_computes_one_argon2_hash_at_a_time(
+    hasher: PasswordHasher, monkeypatch: pytest.MonkeyPatch, compute: Any
+) -> None:
+    stored = hasher.hash("correct horse")
+    running, most = [0], [0]
+    argon2_class = type(hasher._argon2)
+    for name in ("hash", "verify"):
+        real = getattr(argon2_class, name)
+
+        def counted(*args: Any, _real: Any = real, **kwargs: Any) -> Any:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            time.sleep(0.01)  # long enough for the other threads to arrive meanwhile
+            try:
+                return _real(*args, **kwargs)
+            finally:
+                running[0] -= 1
+
+        monkeypatch.setattr(argon2_class, name, counted)
+    others = PasswordHasher(**CHEAP)  # another app's hasher in the same process
+    threads = [
+        threading.Thread(target=compute, args=(each, stored))
+        for each in (hasher, others, hasher, others)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert most == [1]
