@@ -219,8 +219,9 @@ class ClientCache:
 
     Authenticating a machine client is on every token and introspection request; this saves
     a database round trip each time. Any change to a client bumps the generation in the
-    shared store, so every worker drops its copies at once; ``max_age`` bounds staleness
-    in the embedded mode, where the CLI cannot reach the server's in-process store.
+    shared store (``clients_changed``), so every worker drops its copies at its next read of
+    it; ``max_age`` bounds staleness in the embedded mode, where the CLI cannot reach the
+    server's in-process store.
 
     It also keeps this worker's newest read of the generation, so that requests received
     before that read was sent, or within ``lease`` seconds after, use its answer instead of

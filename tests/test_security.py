@@ -89,18 +89,21 @@ def test_a_process_computes_one_argon2_hash_at_a_time(
 ) -> None:
     stored = hasher.hash("correct horse")
     running, most = [0], [0]
+    counting = threading.Lock()  # so that no two threads' counts can interleave
     argon2_class = type(hasher._argon2)
     for name in ("hash", "verify"):
         real = getattr(argon2_class, name)
 
         def counted(*args: Any, _real: Any = real, **kwargs: Any) -> Any:
-            running[0] += 1
-            most[0] = max(most[0], running[0])
+            with counting:
+                running[0] += 1
+                most[0] = max(most[0], running[0])
             time.sleep(0.01)  # long enough for the other threads to arrive meanwhile
             try:
                 return _real(*args, **kwargs)
             finally:
-                running[0] -= 1
+                with counting:
+                    running[0] -= 1
 
         monkeypatch.setattr(argon2_class, name, counted)
     others = PasswordHasher(**CHEAP)  # another app's hasher in the same process
