@@ -36,10 +36,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # scripts/bench.py: the environment, the seed and the requests
 
-#: The scenarios the direct answers serve (the rest go through Flask in a thread, and a
-#: refresh token can be spent once).
+#: The scenarios the direct answers serve (the rest go through Flask in a thread). Each
+#: refresh spends a refresh token of its own: ``prepare`` seeds as many sessions as are used.
 DIRECT = (
     "client_credentials",
+    "refresh",
     "introspection",
     "head_role_check",
     "users_me",
@@ -59,13 +60,13 @@ class _Scope:
     scheme = "http"
     client = "127.0.0.1:50000"
 
-    def __init__(self, spec: dict[str, Any]) -> None:
+    def __init__(self, spec: dict[str, Any], body_text: str | None = None) -> None:
         url = urllib.parse.urlsplit(spec["url"])
         self.server = url.netloc
         self.method = spec["method"]
         self.path = url.path
         self.query_string = url.query
-        body = spec.get("body", "").encode()
+        body = (spec.get("body", "") if body_text is None else body_text).encode()
         headers = {"host": url.netloc, **{k.lower(): v for k, v in spec.get("headers", {}).items()}}
         if body:
             headers["content-length"] = str(len(body))
@@ -98,7 +99,9 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
     subprocess.run(
         [str(bench.BIN / "oidc-server"), "db", "upgrade"], env=env, check=True, capture_output=True
     )
-    data = bench.seed(env, users=10, sessions=2)
+    # A session for the bearer scenarios, and one for each refresh (warm-up included).
+    refreshes = _warm_up(args) + _measured(args) if "refresh" in args.scenarios else 0
+    data = bench.seed(env, users=10, sessions=2 + refreshes)
     bench.seed_history(env["DATABASE_URL"], data["user_id"], 100, 10, "user%")
     server = bench.Server(env, workers=1, log_name="server-python.log")
     server.start()
@@ -128,8 +131,9 @@ def measure(prepared: dict[str, Any], args: argparse.Namespace) -> dict[str, flo
     app.__rsgi_init__(loop)
 
     async def answer(spec: dict[str, Any], count: int, statuses: list[int]) -> None:
+        bodies = spec.get("unspent")  # a refresh token is spent once: each its own body
         for _ in range(count):
-            scope = _Scope(spec)
+            scope = _Scope(spec, None if bodies is None else next(bodies))
             protocol = _Protocol(scope.body)
             await app.__rsgi__(scope, protocol)
             statuses.append(protocol.status)
@@ -142,8 +146,10 @@ def measure(prepared: dict[str, Any], args: argparse.Namespace) -> dict[str, flo
 
     figures = {}
     for name, spec in prepared["specs"].items():
-        loop.run_until_complete(load(spec, 8 * args.concurrency))  # caches fill, as in a worker
-        total = args.requests - args.requests % args.concurrency
+        if "bodies" in spec:
+            spec["unspent"] = iter(spec["bodies"])
+        loop.run_until_complete(load(spec, _warm_up(args)))  # caches fill, as in a worker
+        total = _measured(args)
         if args.instructions:
             _callgrind("-z")
             _callgrind("-i", "on")
@@ -161,6 +167,16 @@ def measure(prepared: dict[str, Any], args: argparse.Namespace) -> dict[str, flo
             )
         figures[name] = spent * 1e6 / total
     return figures
+
+
+def _warm_up(args: argparse.Namespace) -> int:
+    """Requests of each scenario answered before measuring: caches fill, as in a worker."""
+    return 8 * args.concurrency
+
+
+def _measured(args: argparse.Namespace) -> int:
+    """Requests of each scenario measured: a whole number of rounds of ``--concurrency``."""
+    return args.requests - args.requests % args.concurrency
 
 
 def _callgrind(*args: str) -> None:
@@ -186,7 +202,7 @@ def instructions(prepared: dict[str, Any], args: argparse.Namespace) -> dict[str
     ]
     with open(bench.RESULTS / "server-python.log", "ab") as log:
         subprocess.run(command, env={**os.environ, _SPECS_ENV: str(specs)}, check=True, stderr=log)
-    total = args.requests - args.requests % args.concurrency
+    total = _measured(args)
     figures = {}
     for dump in out.glob("callgrind.out.*"):
         text = dump.read_text()

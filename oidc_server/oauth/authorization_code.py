@@ -33,7 +33,7 @@ from ..models import User
 from ..security import hash_token
 from ..tokens.service import new_refresh_token
 from ..tokens.store import RefreshRecord, SessionRecord
-from .grants import _single_valued
+from .grants import single_valued
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             )
 
     def validate_token_request(self) -> None:
-        _single_valued(self.request, "code", "redirect_uri", "code_verifier")
+        single_valued(self.request, "code", "redirect_uri", "code_verifier")
         super().validate_token_request()
 
     def query_authorization_code(self, code: str, client: Any) -> AuthorizationCode | None:

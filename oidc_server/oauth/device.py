@@ -43,7 +43,7 @@ from ..history import record_then_start
 from ..security import hash_token
 from ..tokens.service import LoginContext
 from ..tokens.store import TokenStore
-from .grants import _single_valued
+from .grants import single_valued
 
 #: RFC 8628 §6.1: consonants only, no vowels (no words) and nothing that looks like a digit.
 USER_CODE_ALPHABET = "BCDFGHJKLMNPQRSTVWXZ"
@@ -179,7 +179,7 @@ class DeviceCodeGrant(_DeviceCodeGrant):
     """RFC 8628 §3.4-3.5 at the token endpoint; TV apps are public clients (``none``)."""
 
     def validate_token_request(self) -> None:
-        _single_valued(self.request, "device_code")
+        single_valued(self.request, "device_code")
         device_code = self.request.form.get("device_code")
         if not device_code:
             raise InvalidRequestError("Missing 'device_code' in request.")

@@ -14,6 +14,7 @@ from ..context import db_session, services
 from ..roles import AccountCard, Miss, read_card
 from ..tokens.service import split_refresh_token
 from .clients_generation import read_with_clients_generation
+from .grants import single_valued
 from .protector import AccessToken, BearerCheck, verify_bearer_token
 
 
@@ -95,7 +96,9 @@ def _find_refresh(token_string: str) -> FoundToken | None:
 
 
 def check_token_param(request: Any) -> None:
-    """A token is required; the hint is only a hint, so an unknown one widens the search."""
+    """A token is required, once; the hint is only a hint, so an unknown one widens the
+    search."""
+    single_valued(request, "token", "token_type_hint")
     if not request.form.get("token"):
         raise InvalidRequestError("Missing 'token' in request.")
 

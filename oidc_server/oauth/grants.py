@@ -54,10 +54,12 @@ def _check_scope(client: Any, scope: str | None) -> str:
     return client.get_allowed_scope(scope)
 
 
-def _single_valued(request: Any, *names: str) -> None:
-    """RFC 6749 §3.2: request parameters must not be repeated."""
+def single_valued(request: Any, *names: str) -> None:
+    """RFC 6749 §3.1: request parameters must not be included more than once. Authlib reads
+    a parameter from the query as well as the body, so one in both is repeated too."""
+    given = request.payload.datalist
     for name in names:
-        if len(request.form.getlist(name)) > 1:
+        if len(given.get(name, ())) > 1:
             raise InvalidRequestError(f"Parameter '{name}' is repeated.")
 
 
@@ -82,7 +84,7 @@ class PasswordGrant(grants.ResourceOwnerPasswordCredentialsGrant):
     LOGIN_METHOD = "password"
 
     def validate_token_request(self) -> None:
-        _single_valued(self.request, "username", "password", "scope")
+        single_valued(self.request, "username", "password", "scope")
         client = self.authenticate_token_endpoint_client()
         if not client.check_grant_type(self.GRANT_TYPE) or not client.is_first_party:
             raise UnauthorizedClientError(
@@ -152,7 +154,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
     INCLUDE_NEW_REFRESH_TOKEN = True
 
     def validate_token_request(self) -> None:
-        _single_valued(self.request, "refresh_token", "scope")
+        single_valued(self.request, "refresh_token", "scope")
         self._read_named_user()
         self.request.client = self._validate_request_client()
         if self.request.form.get("refresh_token") is None:
@@ -224,7 +226,7 @@ class ClientCredentialsGrant(grants.ClientCredentialsGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
 
     def validate_token_request(self) -> None:
-        _single_valued(self.request, "scope")
+        single_valued(self.request, "scope")
         client = self.authenticate_token_endpoint_client()
         if not client.check_grant_type(self.GRANT_TYPE):
             raise UnauthorizedClientError(

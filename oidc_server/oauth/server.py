@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer as _AuthorizationServer
-from authlib.oauth2.rfc6749 import InvalidClientError, OAuth2Request
+from authlib.oauth2.rfc6749 import InvalidClientError, InvalidRequestError, OAuth2Request
 from authlib.oauth2.rfc6749.authenticate_client import authenticate_client_secret_basic
 from flask import Flask, current_app
 
@@ -15,7 +15,7 @@ from .authorization_code import AuthorizationCodeGrant, OpenIDCode, S256CodeChal
 from .clients_generation import clients_generation
 from .device import DeviceCodeGrant, DeviceFlow
 from .endpoints import IntrospectionEndpoint, RevocationEndpoint
-from .grants import ClientCredentialsGrant, PasswordGrant, RefreshTokenGrant
+from .grants import ClientCredentialsGrant, PasswordGrant, RefreshTokenGrant, single_valued
 from .id_tokens import IdTokenIssuer
 
 
@@ -35,6 +35,17 @@ class AuthorizationServer(_AuthorizationServer):
         if isinstance(request, OAuth2Request):
             return request
         return super().create_oauth2_request(request)
+
+    def create_token_response(self, request: Any = None) -> Any:
+        """Authlib's, with the parameters read before a grant is chosen checked like the
+        grants' own: given more than once, they make an ``invalid_request`` (RFC 6749 §3.1),
+        where Authlib would take the first."""
+        oauth_request = self.create_oauth2_request(request)
+        try:
+            single_valued(oauth_request, "grant_type", "client_id", "client_secret")
+        except InvalidRequestError as error:
+            return self.handle_error_response(oauth_request, error)
+        return super().create_token_response(oauth_request)
 
     def save_token(self, token: dict[str, Any], request: Any) -> None:
         """Tokens are stored by ``TokenService`` as they are issued; nothing more to keep."""

@@ -65,6 +65,7 @@ from ..oauth.device import (
     display_user_code,
     normalise_user_code,
 )
+from ..oauth.grants import single_valued
 from ..oauth.server import authorization_server
 from ..ratelimit import _setting, limiter, login_backoff, login_per_ip
 from ..social.providers import enabled_providers
@@ -740,6 +741,10 @@ def device_authorization() -> Response:
     """RFC 8628 §3.1-3.2: a device code and user code for a TV app."""
     server = authorization_server()
     oauth_request = server.create_oauth2_request(None)
+    try:
+        single_valued(oauth_request, "client_id", "client_secret", "scope")
+    except OAuth2Error as error:
+        return _json_error(400, error)
     try:
         client = server.authenticate_client(
             oauth_request,

@@ -75,6 +75,14 @@ def test_tokens_role_checks_and_introspection_through_the_production_server(
             )
             assert wrong.status_code == 401 and wrong.json()["error"] == "invalid_client"
 
+            # Not the plain request the direct answer takes: the app refuses it (RFC 6749 §3.1).
+            twice = http.post(
+                base + "/oauth/token",
+                data="grant_type=client_credentials&grant_type=client_credentials",
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+            )
+            assert twice.status_code == 400 and twice.json()["error"] == "invalid_request"
+
             bearer = {"Authorization": f"Bearer {answers[0].json()['access_token']}"}
             role = role_id(services, "moderator")
             check = f"{base}/api/v1/users/{user.id}/roles/{role}"

@@ -163,6 +163,21 @@ def test_only_device_clients_may_ask_and_only_for_their_scopes(
     assert scope.status_code == 400 and scope.json["error"] == "invalid_scope"
 
 
+@pytest.mark.parametrize(
+    "query", ["client_id={tv}&client_id={tv}", "client_id={tv}&scope=openid&scope=profile"]
+)
+def test_a_parameter_given_twice_starts_no_device_flow(
+    client: FlaskClient, tv: str, query: str
+) -> None:
+    response = client.post(
+        "/oauth/device_authorization",
+        data=query.format(tv=tv),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 400 and response.json["error"] == "invalid_request"
+    assert "device_code" not in response.json
+
+
 def test_a_wrong_or_used_user_code_is_refused_on_the_page(
     client: FlaskClient, user: Any, tv: str
 ) -> None:

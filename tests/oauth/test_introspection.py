@@ -101,3 +101,15 @@ def test_introspection_needs_a_confidential_client(client: FlaskClient, user: Us
 def test_introspection_needs_a_token(client: FlaskClient, machine: MachineClient) -> None:
     response = client.post("/oauth/introspect", data={}, headers=machine.basic)
     assert response.status_code == 400 and response.json["error"] == "invalid_request"
+
+
+def test_a_token_given_twice_is_invalid_request(
+    client: FlaskClient, machine: MachineClient
+) -> None:
+    token = client.post(
+        "/oauth/token", data={"grant_type": "client_credentials"}, headers=machine.basic
+    ).json["access_token"]
+    response = client.post(
+        "/oauth/introspect", data={"token": [token, token]}, headers=machine.basic
+    )
+    assert response.status_code == 400 and response.json["error"] == "invalid_request"

@@ -107,3 +107,15 @@ def test_revocation_needs_a_token_and_a_known_client(client: FlaskClient, servic
         headers=MachineClient(other.client_id, "wrong").basic,
     )
     assert wrong_secret.status_code == 401
+
+
+def test_a_token_given_twice_is_invalid_request_and_nothing_is_revoked(
+    client: FlaskClient, user: User
+) -> None:
+    tokens = password_login(client).json
+    access = tokens["access_token"]
+    response = client.post(
+        "/oauth/revoke", data={"token": [access, access], "client_id": "cinema-app"}
+    )
+    assert response.status_code == 400 and response.json["error"] == "invalid_request"
+    assert client.get("/oauth/userinfo", headers=bearer(access)).status_code == 200

@@ -219,6 +219,48 @@ def test_repeated_parameters_are_invalid_request(client: FlaskClient, user: User
     token_error(response, 400, "invalid_request")
 
 
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+@pytest.mark.parametrize(
+    ("query", "body"),
+    [
+        ("", "grant_type=client_credentials&grant_type=client_credentials"),
+        ("", "grant_type=client_credentials&grant_type=password"),
+        ("grant_type=client_credentials", "grant_type=client_credentials"),
+        ("scope=roles%3Awrite", "grant_type=client_credentials&scope=roles%3Aread"),
+    ],
+    ids=[
+        "grant_type twice, the same grant",
+        "grant_type twice, two grants",
+        "grant_type in the query and the body",
+        "scope in the query and the body",
+    ],
+)
+def test_a_parameter_given_twice_is_invalid_request_wherever_it_is_given(
+    client: FlaskClient, machine: MachineClient, query: str, body: str
+) -> None:
+    # RFC 6749 §3.1: parameters must not be included more than once. Authlib reads the query
+    # and the body alike, so a parameter in both is given twice too.
+    path = f"/oauth/token?{query}" if query else "/oauth/token"
+    response = client.post(path, data=body, headers={**machine.basic, **FORM})
+    token_error(response, 400, "invalid_request")
+
+
+@pytest.mark.parametrize("repeated", ["client_id", "client_secret"])
+def test_client_credentials_in_the_body_given_twice_are_invalid_request(
+    client: FlaskClient, machine: MachineClient, repeated: str
+) -> None:
+    fields = [
+        ("grant_type", "client_credentials"),
+        ("client_id", machine.client_id),
+        ("client_secret", machine.client_secret),
+    ]
+    fields += [(name, value) for name, value in fields if name == repeated]
+    body = "&".join(f"{name}={value}" for name, value in fields)
+    token_error(client.post("/oauth/token", data=body, headers=FORM), 400, "invalid_request")
+
+
 def test_password_grant_is_for_first_party_clients_only(
     client: FlaskClient, user: User, services: Any
 ) -> None:
