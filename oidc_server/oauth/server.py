@@ -30,6 +30,24 @@ class AuthorizationServer(_AuthorizationServer):
             lambda: find_client(db_session(), svc.settings.secret_key, client_id),
         )
 
+    def authenticate_client(
+        self, request: Any, methods: list[str], endpoint: str = "token"
+    ) -> RegisteredClient:
+        """Authlib's, for one authentication method per request (RFC 6749 §2.3): Basic
+        credentials beside a ``client_secret`` in the body, or beside a ``client_id`` naming
+        another client, are ``invalid_request`` (§5.2), where Authlib would use the first
+        method that succeeds and ignore the rest."""
+        single_valued(request, "client_id", "client_secret")
+        if request.headers.get("Authorization", "")[:6].lower() == "basic ":
+            given = request.payload.datalist
+            if "client_secret" in given:
+                raise InvalidRequestError("Use one client authentication method, not two.")
+            client = super().authenticate_client(request, methods, endpoint)
+            if given.get("client_id", [client.client_id]) != [client.client_id]:
+                raise InvalidRequestError("The client_id differs from the authenticated client.")
+            return client
+        return super().authenticate_client(request, methods, endpoint)
+
     def create_oauth2_request(self, request: Any) -> Any:
         """Requests built by ``oauth.internal`` are used as they are; else Flask's request."""
         if isinstance(request, OAuth2Request):
@@ -37,12 +55,12 @@ class AuthorizationServer(_AuthorizationServer):
         return super().create_oauth2_request(request)
 
     def create_token_response(self, request: Any = None) -> Any:
-        """Authlib's, with the parameters read before a grant is chosen checked like the
-        grants' own: given more than once, they make an ``invalid_request`` (RFC 6749 §3.1),
-        where Authlib would take the first."""
+        """Authlib's, with ``grant_type`` checked like the grants' own parameters: given more
+        than once, it makes an ``invalid_request`` (RFC 6749 §3.1), where Authlib would take
+        the first. (The client's are checked by ``authenticate_client``.)"""
         oauth_request = self.create_oauth2_request(request)
         try:
-            single_valued(oauth_request, "grant_type", "client_id", "client_secret")
+            single_valued(oauth_request, "grant_type")
         except InvalidRequestError as error:
             return self.handle_error_response(oauth_request, error)
         return super().create_token_response(oauth_request)

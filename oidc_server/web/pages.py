@@ -31,6 +31,7 @@ from authlib.oauth2 import OAuth2Error
 from authlib.oauth2.rfc6749.errors import (
     AccessDeniedError,
     InvalidClientError,
+    InvalidRequestError,
     UnauthorizedClientError,
 )
 from authlib.oauth2.rfc8628 import DEVICE_CODE_GRANT_TYPE
@@ -742,15 +743,14 @@ def device_authorization() -> Response:
     server = authorization_server()
     oauth_request = server.create_oauth2_request(None)
     try:
-        single_valued(oauth_request, "client_id", "client_secret", "scope")
-    except OAuth2Error as error:
-        return _json_error(400, error)
-    try:
+        single_valued(oauth_request, "scope")
         client = server.authenticate_client(
             oauth_request,
             ["client_secret_basic", "client_secret_post", "none"],
             endpoint="device_authorization",
         )
+    except InvalidRequestError as error:  # a parameter given twice, two authentications
+        return _json_error(400, error)
     except OAuth2Error as error:
         return _json_error(401, error)
     if not client.check_grant_type(DEVICE_CODE_GRANT_TYPE):

@@ -164,7 +164,12 @@ def test_only_device_clients_may_ask_and_only_for_their_scopes(
 
 
 @pytest.mark.parametrize(
-    "query", ["client_id={tv}&client_id={tv}", "client_id={tv}&scope=openid&scope=profile"]
+    "query",
+    [
+        "client_id={tv}&client_id={tv}",
+        "client_id={tv}&scope=openid&scope=profile",
+        "client_id={tv}&client_secret=x&client_secret=y",
+    ],
 )
 def test_a_parameter_given_twice_starts_no_device_flow(
     client: FlaskClient, tv: str, query: str

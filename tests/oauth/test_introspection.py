@@ -113,3 +113,14 @@ def test_a_token_given_twice_is_invalid_request(
         "/oauth/introspect", data={"token": [token, token]}, headers=machine.basic
     )
     assert response.status_code == 400 and response.json["error"] == "invalid_request"
+
+
+def test_basic_credentials_beside_a_client_secret_are_invalid_request(
+    client: FlaskClient, machine: MachineClient
+) -> None:
+    response = client.post(
+        "/oauth/introspect",
+        data={"token": "x", "client_id": machine.client_id, "client_secret": machine.client_secret},
+        headers=machine.basic,
+    )
+    assert response.status_code == 400 and response.json["error"] == "invalid_request"

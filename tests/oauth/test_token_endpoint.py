@@ -261,6 +261,36 @@ def test_client_credentials_in_the_body_given_twice_are_invalid_request(
     token_error(client.post("/oauth/token", data=body, headers=FORM), 400, "invalid_request")
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"client_id": "{id}", "client_secret": "{secret}"},
+        {"client_secret": "{secret}"},
+        {"client_id": "cinema-app"},
+    ],
+    ids=["Basic and client_secret_post", "a client_secret beside Basic", "another client_id"],
+)
+def test_basic_credentials_beside_other_credentials_are_invalid_request(
+    client: FlaskClient, machine: MachineClient, body: dict[str, str]
+) -> None:
+    # RFC 6749 §2.3: one authentication method per request; §5.2: invalid_request.
+    data = {"grant_type": "client_credentials"}
+    data |= {
+        name: value.format(id=machine.client_id, secret=machine.client_secret)
+        for name, value in body.items()
+    }
+    token_error(
+        client.post("/oauth/token", data=data, headers=machine.basic), 400, "invalid_request"
+    )
+
+
+def test_basic_credentials_may_come_with_their_own_client_id(
+    client: FlaskClient, machine: MachineClient
+) -> None:
+    data = {"grant_type": "client_credentials", "client_id": machine.client_id}
+    assert client.post("/oauth/token", data=data, headers=machine.basic).status_code == 200
+
+
 def test_password_grant_is_for_first_party_clients_only(
     client: FlaskClient, user: User, services: Any
 ) -> None:
