@@ -36,7 +36,15 @@ class AuthorizationServer(_AuthorizationServer):
         """Authlib's, for one authentication method per request (RFC 6749 §2.3): Basic
         credentials beside a ``client_secret`` in the body, or beside a ``client_id`` naming
         another client, are ``invalid_request`` (§5.2), where Authlib would use the first
-        method that succeeds and ignore the rest."""
+        method that succeeds and ignore the rest.
+
+        And for parameters in the body only: every endpoint that authenticates clients (token,
+        revocation, introspection, device authorization) takes them in the request body
+        (RFC 6749 §2.3.1, §3.2; RFC 7009 §2.1; RFC 7662 §2.1; RFC 8628 §3.1), while Authlib
+        reads the URL's query too, where a secret or a refresh token would be written into
+        every proxy's access log."""
+        if request.args:
+            raise InvalidRequestError("Send the parameters in the request body, not the URL.")
         single_valued(request, "client_id", "client_secret")
         if request.headers.get("Authorization", "")[:6].lower() == "basic ":
             given = request.payload.datalist

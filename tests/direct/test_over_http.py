@@ -82,6 +82,11 @@ def test_tokens_role_checks_and_introspection_through_the_production_server(
                 headers={"Content-Type": "application/x-www-form-urlencoded"},
             )
             assert twice.status_code == 400 and twice.json()["error"] == "invalid_request"
+            in_url = http.post(
+                base + "/oauth/token?grant_type=client_credentials",
+                data={"scope": "roles:read"},
+            )
+            assert in_url.status_code == 400 and in_url.json()["error"] == "invalid_request"
 
             bearer = {"Authorization": f"Bearer {answers[0].json()['access_token']}"}
             role = role_id(services, "moderator")

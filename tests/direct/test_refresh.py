@@ -185,7 +185,7 @@ DECLINED: list[tuple[str, dict[str, Any], int]] = [
     ("no client", {"client_id": None}, 401),
     ("an unknown client", {"client_id": "no-such-client"}, 400),
     ("a Bearer beside the client id", {"headers": [("authorization", "Bearer x")]}, 200),
-    ("a query string", {"query_string": "scope=openid"}, 200),
+    ("a query string", {"query_string": "scope=openid"}, 400),
     ("an Origin", {"headers": [("origin", "https://elsewhere.example")]}, 200),
     ("the token twice", {"twice": True}, 400),
     ("a token that names no user", {"token": lambda t: t.rsplit(".", 1)[0]}, 400),

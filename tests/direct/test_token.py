@@ -218,7 +218,7 @@ DECLINED: list[tuple[str, dict[str, Any], int]] = [
     ("a pair without =", {"body": PLAIN + b"&junk"}, 200),
     ("a body not UTF-8", {"body": PLAIN + b"&scope=%ff"}, 400),
     ("bytes not UTF-8", {"body": b"grant_type=client_credentials\xff"}, 400),
-    ("a query string", {"query_string": "scope=roles%3Aread"}, 200),
+    ("a query string", {"query_string": "scope=roles%3Aread"}, 400),
     ("an Origin", {"headers": [("origin", "https://elsewhere.example")]}, 200),
     ("a JSON body", {"content_type": "application/json"}, 400),
     ("a charset parameter", {"content_type": FORM + "; charset=utf-8"}, 200),

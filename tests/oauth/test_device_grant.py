@@ -183,6 +183,11 @@ def test_a_parameter_given_twice_starts_no_device_flow(
     assert "device_code" not in response.json
 
 
+def test_parameters_in_the_url_start_no_device_flow(client: FlaskClient, tv: str) -> None:
+    response = client.post(f"/oauth/device_authorization?client_id={tv}", data={"scope": "openid"})
+    assert response.status_code == 400 and response.json["error"] == "invalid_request"
+
+
 def test_a_wrong_or_used_user_code_is_refused_on_the_page(
     client: FlaskClient, user: Any, tv: str
 ) -> None:

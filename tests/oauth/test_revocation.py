@@ -119,3 +119,12 @@ def test_a_token_given_twice_is_invalid_request_and_nothing_is_revoked(
     )
     assert response.status_code == 400 and response.json["error"] == "invalid_request"
     assert client.get("/oauth/userinfo", headers=bearer(access)).status_code == 200
+
+
+def test_a_token_in_the_url_is_invalid_request_and_nothing_is_revoked(
+    client: FlaskClient, user: User
+) -> None:
+    access = password_login(client).json["access_token"]
+    response = client.post(f"/oauth/revoke?token={access}", data={"client_id": "cinema-app"})
+    assert response.status_code == 400 and response.json["error"] == "invalid_request"
+    assert client.get("/oauth/userinfo", headers=bearer(access)).status_code == 200

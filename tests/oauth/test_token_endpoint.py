@@ -291,6 +291,47 @@ def test_basic_credentials_may_come_with_their_own_client_id(
     assert client.post("/oauth/token", data=data, headers=machine.basic).status_code == 200
 
 
+@pytest.mark.parametrize(
+    ("query", "body"),
+    [
+        ("client_secret={secret}", "grant_type=client_credentials&client_id={id}"),
+        ("grant_type=client_credentials", ""),
+        ("scope=roles%3Aread", "grant_type=client_credentials"),
+    ],
+    ids=["a client secret", "the grant", "a scope"],
+)
+def test_parameters_in_the_url_are_invalid_request(
+    client: FlaskClient, machine: MachineClient, query: str, body: str
+) -> None:
+    # RFC 6749 §2.3.1, §3.2: in the request body; a URL ends up in every proxy's access log.
+    fill = {"id": machine.client_id, "secret": machine.client_secret}
+    headers = {**FORM, **({} if "client_id" in body else machine.basic)}
+    response = client.post(
+        f"/oauth/token?{query.format(**fill)}", data=body.format(**fill), headers=headers
+    )
+    token_error(response, 400, "invalid_request")
+
+
+def test_a_refresh_token_in_the_url_is_refused_and_not_spent(
+    client: FlaskClient, user: User
+) -> None:
+    tokens = password_login(client).json
+    in_url = client.post(
+        f"/oauth/token?refresh_token={tokens['refresh_token']}",
+        data={"grant_type": "refresh_token", "client_id": "cinema-app"},
+    )
+    token_error(in_url, 400, "invalid_request")
+    in_body = client.post(
+        "/oauth/token",
+        data={
+            "grant_type": "refresh_token",
+            "client_id": "cinema-app",
+            "refresh_token": tokens["refresh_token"],
+        },
+    )
+    assert in_body.status_code == 200
+
+
 def test_password_grant_is_for_first_party_clients_only(
     client: FlaskClient, user: User, services: Any
 ) -> None:
