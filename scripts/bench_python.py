@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import logging.config
 import os
@@ -30,6 +31,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,13 +62,13 @@ class _Scope:
     scheme = "http"
     client = "127.0.0.1:50000"
 
-    def __init__(self, spec: dict[str, Any], body_text: str | None = None) -> None:
+    def __init__(self, spec: dict[str, Any], body_text: str) -> None:
         url = urllib.parse.urlsplit(spec["url"])
         self.server = url.netloc
         self.method = spec["method"]
         self.path = url.path
         self.query_string = url.query
-        body = (spec.get("body", "") if body_text is None else body_text).encode()
+        body = body_text.encode()
         headers = {"host": url.netloc, **{k.lower(): v for k, v in spec.get("headers", {}).items()}}
         if body:
             headers["content-length"] = str(len(body))
@@ -130,32 +132,37 @@ def measure(prepared: dict[str, Any], args: argparse.Namespace) -> dict[str, flo
     asyncio.set_event_loop(loop)
     app.__rsgi_init__(loop)
 
-    async def answer(spec: dict[str, Any], count: int, statuses: list[int]) -> None:
-        bodies = spec.get("unspent")  # a refresh token is spent once: each its own body
+    async def answer(
+        spec: dict[str, Any], bodies: Iterator[str], count: int, statuses: list[int]
+    ) -> None:
         for _ in range(count):
-            scope = _Scope(spec, None if bodies is None else next(bodies))
+            scope = _Scope(spec, next(bodies))
             protocol = _Protocol(scope.body)
             await app.__rsgi__(scope, protocol)
             statuses.append(protocol.status)
 
-    async def load(spec: dict[str, Any], total: int) -> list[int]:
+    async def load(spec: dict[str, Any], bodies: Iterator[str], total: int) -> list[int]:
         statuses: list[int] = []
         each = total // args.concurrency
-        await asyncio.gather(*(answer(spec, each, statuses) for _ in range(args.concurrency)))
+        await asyncio.gather(
+            *(answer(spec, bodies, each, statuses) for _ in range(args.concurrency))
+        )
         return statuses
 
     figures = {}
     for name, spec in prepared["specs"].items():
-        if "bodies" in spec:
-            spec["unspent"] = iter(spec["bodies"])
-        loop.run_until_complete(load(spec, _warm_up(args)))  # caches fill, as in a worker
+        # A refresh token is spent once, so each refresh has a body of its own.
+        bodies = (
+            iter(spec["bodies"]) if "bodies" in spec else itertools.repeat(spec.get("body", ""))
+        )
+        loop.run_until_complete(load(spec, bodies, _warm_up(args)))  # caches fill, as in a worker
         total = _measured(args)
         if args.instructions:
             _callgrind("-z")
             _callgrind("-i", "on")
         through_flask.clear()
         started = time.process_time()
-        statuses = loop.run_until_complete(load(spec, total))
+        statuses = loop.run_until_complete(load(spec, bodies, total))
         spent = time.process_time() - started
         if args.instructions:
             _callgrind("-i", "off")

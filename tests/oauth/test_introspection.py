@@ -9,6 +9,7 @@ from flask.testing import FlaskClient
 from oidc_server.models import Role, User, UserRole
 
 from ..conftest import MachineClient, password_login
+from ..support.roles import machine_token
 
 
 def introspect(client: FlaskClient, machine: MachineClient, token: str, **extra: str) -> Any:
@@ -106,9 +107,7 @@ def test_introspection_needs_a_token(client: FlaskClient, machine: MachineClient
 def test_a_token_given_twice_is_invalid_request(
     client: FlaskClient, machine: MachineClient
 ) -> None:
-    token = client.post(
-        "/oauth/token", data={"grant_type": "client_credentials"}, headers=machine.basic
-    ).json["access_token"]
+    token = machine_token(client, machine)
     response = client.post(
         "/oauth/introspect", data={"token": [token, token]}, headers=machine.basic
     )

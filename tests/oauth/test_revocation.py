@@ -127,4 +127,10 @@ def test_a_token_in_the_url_is_invalid_request_and_nothing_is_revoked(
     access = password_login(client).json["access_token"]
     response = client.post(f"/oauth/revoke?token={access}", data={"client_id": "cinema-app"})
     assert response.status_code == 400 and response.json["error"] == "invalid_request"
+    # The token in the body, and only its hint in the URL: refused all the same.
+    hint_in_url = client.post(
+        "/oauth/revoke?token_type_hint=access_token",
+        data={"token": access, "client_id": "cinema-app"},
+    )
+    assert hint_in_url.status_code == 400 and hint_in_url.json["error"] == "invalid_request"
     assert client.get("/oauth/userinfo", headers=bearer(access)).status_code == 200

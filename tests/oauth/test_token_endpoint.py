@@ -321,14 +321,17 @@ def test_a_refresh_token_in_the_url_is_refused_and_not_spent(
         data={"grant_type": "refresh_token", "client_id": "cinema-app"},
     )
     token_error(in_url, 400, "invalid_request")
-    in_body = client.post(
-        "/oauth/token",
+    # The token in the body, and only a harmless parameter in the URL: refused all the same.
+    beside_a_query = client.post(
+        "/oauth/token?scope=openid",
         data={
             "grant_type": "refresh_token",
             "client_id": "cinema-app",
             "refresh_token": tokens["refresh_token"],
         },
     )
+    token_error(beside_a_query, 400, "invalid_request")
+    in_body = refresh(client, tokens["refresh_token"])
     assert in_body.status_code == 200
 
 
