@@ -12,6 +12,11 @@ Each ``Reads`` stays on one Redis Cluster slot and is read-only, or one script o
 request acts on (a refresh token's spend), so batching changes nothing of what each answer
 means: every command is atomic, the set never was. A refresh sends two in turn (the user's
 card, then the spend, ``direct/refresh.py``); each goes with whatever else is ready then.
+
+On a single Redis server the pipeline is written without stopping the loop
+(``tokens.loop_redis``): while Redis runs it, the loop answers other requests, and the next
+turn's reads may leave before this one's replies are in. On a Cluster or through Sentinel it
+is sent by redis-py, and the loop waits for its replies.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from typing import Any
 
 from ..oauth.clients_generation import GenerationRead
 from ..services import Services
+from ..tokens.loop_redis import LoopRedis
 from ..tokens.reads import Reads, read_together, replies_together
+from ..tokens.store import StoreUnavailable
 
 
 class RoundTrips:
@@ -30,6 +37,9 @@ class RoundTrips:
     def __init__(self, svc: Services) -> None:
         self.svc = svc
         self._waiting: list[tuple[tuple[Reads[Any], ...], asyncio.Future[list[Any]]]] = []
+        self._loop_redis = LoopRedis.for_client(svc.redis) if svc.redis is not None else None
+        #: A pipeline is written and not yet answered: reads wait for it to be (one at a time).
+        self._in_flight = False
 
     async def read(self, *reads: Reads[Any]) -> list[Any]:
         """The answers of ``reads``, in order, from the next round trip.
@@ -41,7 +51,7 @@ class RoundTrips:
         loop = asyncio.get_running_loop()
         answered: asyncio.Future[list[Any]] = loop.create_future()
         self._waiting.append((reads, answered))
-        if len(self._waiting) == 1:
+        if len(self._waiting) == 1 and not self._in_flight:
             loop.call_soon(self._send)
         return await answered
 
@@ -56,13 +66,66 @@ class RoundTrips:
     def _send(self) -> None:
         waiting, self._waiting = self._waiting, []
         everyone = [read for reads, _ in waiting for read in reads]
-        try:
-            replies = replies_together(self.svc.redis, everyone)
-        except Exception as failed:  # StoreUnavailable, or a bug: each request hears of it
-            for _, answered in waiting:
-                if not answered.done():
-                    answered.set_exception(failed)
+        if self._loop_redis is None:
+            try:
+                replies = replies_together(self.svc.redis, everyone)
+            except Exception as failed:  # StoreUnavailable, or a bug: each request hears of it
+                self._fail(waiting, failed)
+                return
+            self._answer(waiting, replies)
             return
+        commands = [command for read in everyone for command in read.commands]
+        self._in_flight = True
+        sent = self._loop_redis.send(commands)
+        sent.add_done_callback(lambda done: self._answer_sent(waiting, everyone, done))
+
+    def _next(self) -> None:
+        """After a pipeline's answers: send what gathered meanwhile, once the requests just
+        answered (woken first, being first in the loop's queue) have added their next reads."""
+        self._in_flight = False
+        if self._waiting:
+            asyncio.get_running_loop().call_soon(self._send)
+
+    def _answer_sent(
+        self,
+        waiting: list[tuple[tuple[Reads[Any], ...], asyncio.Future[list[Any]]]],
+        everyone: list[Reads[Any]],
+        sent: asyncio.Future[list[Any]],
+    ) -> None:
+        self._next()
+        if sent.cancelled():
+            self._fail(waiting, StoreUnavailable("Redis round trip cancelled"))
+            return
+        failed = sent.exception()
+        if failed is not None:
+            self._fail(waiting, failed)
+            return
+        try:
+            replies, each, start = sent.result(), [], 0
+            for read in everyone:
+                end = start + len(read.commands)
+                each.append(replies[start:end])
+                start = end
+            self._answer(waiting, each)
+        except Exception as bug:  # never leave a request waiting for ever
+            self._fail(waiting, bug)
+
+    @staticmethod
+    def _fail(
+        waiting: list[tuple[tuple[Reads[Any], ...], asyncio.Future[list[Any]]]],
+        failed: BaseException,
+    ) -> None:
+        for _, answered in waiting:
+            if not answered.done():
+                answered.set_exception(failed)
+
+    @staticmethod
+    def _answer(
+        waiting: list[tuple[tuple[Reads[Any], ...], asyncio.Future[list[Any]]]],
+        replies: list[list[Any]],
+    ) -> None:
+        """Each waiting request's answers from its reads' replies (``replies``, a list per
+        read, in the order of ``waiting``)."""
         start = 0
         for reads, answered in waiting:
             mine = replies[start : start + len(reads)]

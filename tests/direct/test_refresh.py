@@ -17,8 +17,10 @@ import redis
 from flask import Flask
 
 from oidc_server.direct.refresh import DirectRefresh
+from oidc_server.direct.round_trips import RoundTrips
 from oidc_server.oauth.grants import SPEND_ATTEMPT
 from oidc_server.rsgi import Answer
+from oidc_server.tokens.loop_redis import LoopRedis
 from oidc_server.tokens.redis_store import RedisTokenStore
 from oidc_server.tokens.service import (
     RefreshTokenInvalid,
@@ -315,16 +317,20 @@ def test_a_store_lost_during_the_spend_is_the_grants_to_answer(
     presented = ready(app, user)
     # Redis goes away between the two round trips: the card is read, the spend is not heard.
     loses_redis = replace(services, tokens=copy.copy(services.tokens))
+    trips = RoundTrips(loses_redis)
     spend = services.tokens.refresh_spend
 
     def spend_with_redis_gone(*args: Any) -> Any:
-        loses_redis.redis = redis.Redis(port=free_port(), socket_connect_timeout=0.5)
+        nowhere = redis.Redis(port=free_port(), socket_connect_timeout=0.5)
+        loses_redis.redis = nowhere
+        # The round trips' own connection, read on the event loop, goes the same way.
+        trips._loop_redis = LoopRedis.for_client(nowhere)
         return spend(*args)
 
     loses_redis.tokens.refresh_spend = spend_with_redis_gone  # type: ignore[method-assign]
     environ = request(body(presented))
 
-    refresh = synchronously(DirectRefresh(loses_redis, vary_origin=False))
+    refresh = synchronously(DirectRefresh(loses_redis, vary_origin=False, trips=trips))
     assert refresh(environ, body(presented)) is None
 
     assert isinstance(environ[SPEND_ATTEMPT], StoreUnavailable)

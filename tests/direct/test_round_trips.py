@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +17,7 @@ from oidc_server.direct.round_trips import RoundTrips
 from oidc_server.tokens.reads import Reads
 from oidc_server.tokens.redis_store import RedisTokenStore
 from oidc_server.tokens.store import StoreUnavailable
+from tests.faults.processes import RedisInstance
 from tests.support.direct import cut_off_from_redis
 from tests.support.redis_trips import round_trips
 
@@ -190,3 +193,35 @@ def test_the_answer_of_a_cancelled_request_is_still_worked_out(services: Any) ->
 
     assert asyncio.run(cancelled()) == [True]
     assert worked_out == [[None]]
+
+
+def test_reads_made_while_a_pipeline_is_in_flight_go_together_in_the_next_one(
+    services: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """One pipeline at a time: the loop answers other requests meanwhile, and the reads they
+    make gather for the next (as many requests a round trip as while the loop waited)."""
+    own = RedisInstance(tmp_path / "redis")
+    own.start()
+    try:
+        trips = RoundTrips(replace(services, redis=own.client()))
+        counter = Reads((("INCR", "round-trips:n"),), lambda replies: replies[0])
+
+        async def three_requests() -> list[Any]:
+            await trips.read(counter)  # connected
+            own.freeze()
+            first = asyncio.ensure_future(trips.read(counter))
+            await asyncio.sleep(0.05)  # its pipeline is written, and waits for Redis
+            later = []
+            for _ in range(2):  # made in turns of their own
+                later.append(asyncio.ensure_future(trips.read(counter)))
+                await asyncio.sleep(0.02)
+            own.thaw()
+            return [await first, *(await asyncio.gather(*later))]
+
+        with round_trips(monkeypatch) as sent:
+            answers = asyncio.run(three_requests())
+    finally:
+        own.thaw()
+        own.stop()
+    assert sent == [1, 1, 1]  # the connecting read, the first, then the two later together
+    assert answers == [[2], [3], [4]]

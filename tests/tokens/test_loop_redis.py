@@ -1,0 +1,239 @@
+"""Redis pipelines written and read by the event loop (``oidc_server.tokens.loop_redis``):
+the replies redis-py's pipeline gives, while the loop goes on with other work."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from redis.exceptions import NoScriptError
+from redis.sentinel import Sentinel
+
+from oidc_server.tokens.loop_redis import LoopRedis
+from oidc_server.tokens.store import StoreUnavailable
+
+from ..faults.processes import RedisInstance
+
+
+@pytest.fixture
+def client(redis_client: redis.Redis | None) -> redis.Redis:
+    if redis_client is None:
+        pytest.skip("TEST_REDIS_URL not set (CI always sets it)")
+    redis_client.flushdb()
+    return redis_client
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisInstance]:
+    """A redis-server of this test's own, to stop and freeze."""
+    instance = RedisInstance(tmp_path / "redis")
+    instance.start()
+    yield instance
+    if instance.process is not None:
+        instance.thaw()  # as tests/faults does before stopping one
+    instance.stop()
+
+
+def pipelined(client: redis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """What redis-py's own pipeline answers for ``commands``."""
+    pipe = client.pipeline(transaction=False)
+    for command in commands:
+        pipe.execute_command(*command)
+    return pipe.execute(raise_on_error=False)
+
+
+# Which clients -------------------------------------------------------------------------------
+
+
+def test_a_single_server_over_tcp_or_a_unix_socket_is_read_on_the_loop() -> None:
+    for url in ("redis://127.0.0.1:1/2", "unix:///tmp/r.sock"):
+        assert isinstance(LoopRedis.for_client(redis.Redis.from_url(url)), LoopRedis)
+
+
+@pytest.mark.parametrize(
+    "made",
+    [
+        pytest.param(lambda: redis.Redis.from_url("rediss://127.0.0.1:1/0"), id="TLS"),
+        pytest.param(lambda: Sentinel([("127.0.0.1", 1)]).master_for("svc"), id="Sentinel"),
+        pytest.param(
+            lambda: redis.Redis.from_url("redis://127.0.0.1:1/0", decode_responses=True),
+            id="decoded replies",
+        ),
+        pytest.param(lambda: redis.Redis.from_url("redis://127.0.0.1:1/0?protocol=3"), id="RESP3"),
+    ],
+)
+def test_other_deployments_keep_redis_pys_round_trip(made: Any) -> None:
+    assert LoopRedis.for_client(made()) is None
+
+
+def test_a_cluster_client_keeps_redis_pys_round_trip() -> None:
+    # A RedisCluster connects to its nodes as it is made; the check is on its type alone.
+    assert LoopRedis.for_client(object.__new__(redis.RedisCluster)) is None
+
+
+# Replies -------------------------------------------------------------------------------------
+
+
+def test_replies_are_redis_pys_for_the_same_commands(client: redis.Redis) -> None:
+    client.hset("loop:hash", mapping={"a": "1", "b": "2"})
+    client.set("loop:string", "text")
+    client.sadd("loop:set", "x")
+    commands: list[tuple[Any, ...]] = [
+        ("GET", "loop:string"),
+        ("GET", "loop:absent"),
+        ("MGET", "loop:string", "loop:absent"),
+        ("HGETALL", "loop:hash"),  # redis-py makes this a dict
+        ("EXISTS", "loop:hash"),
+        ("SMISMEMBER", "loop:set", "x", "y"),
+        ("EVAL", "return {1, 'two', false}", 0),
+        ("HGET", "loop:string", "field"),  # WRONGTYPE: the error stands in its place
+        ("EVALSHA", "0" * 40, 0),  # NOSCRIPT: the class redis-py raises for it
+    ]
+    loop_redis = LoopRedis(client)
+
+    replies = asyncio.run(_sent(loop_redis, commands))
+
+    expected = pipelined(client, commands)
+    assert replies[:7] == expected[:7]
+    assert replies[3] == {b"a": b"1", b"b": b"2"}
+    assert isinstance(replies[7], redis.ResponseError) and "WRONGTYPE" in str(replies[7])
+    assert type(replies[7]) is type(expected[7])
+    assert isinstance(replies[8], NoScriptError) and isinstance(expected[8], NoScriptError)
+
+
+def test_pipelines_in_flight_together_are_answered_each_with_its_own(client: redis.Redis) -> None:
+    loop_redis = LoopRedis(client)
+
+    async def three_at_once() -> list[Any]:
+        sent = [
+            loop_redis.send([("INCR", "loop:n"), ("INCR", "loop:n")]),
+            loop_redis.send([("INCR", "loop:n")]),
+            loop_redis.send([("GET", "loop:n"), ("INCR", "loop:n")]),
+        ]
+        assert loop_redis.in_flight == 3  # all written before any reply was read
+        return list(await asyncio.gather(*sent))
+
+    assert asyncio.run(three_at_once()) == [[1, 2], [3], [b"3", 4]]
+
+
+def test_a_pipeline_larger_than_the_sockets_buffers_goes_whole(client: redis.Redis) -> None:
+    big = "x" * 3_000_000
+    commands: list[tuple[Any, ...]] = [("SET", f"loop:big:{i}", big) for i in range(4)]
+    commands += [("STRLEN", f"loop:big:{i}") for i in range(4)]
+    commands += [("GET", "loop:big:0")]
+
+    replies = asyncio.run(_sent(LoopRedis(client), commands))
+
+    assert replies[:4] == [True] * 4  # SET's callback, as redis-py gives it
+    assert replies[4:8] == [len(big)] * 4
+    assert replies[8] == big.encode()
+
+
+def test_the_database_of_the_url_is_the_one_read(client: redis.Redis) -> None:
+    url = client.connection_pool.connection_kwargs
+    other_db = (url.get("db", 0) + 1) % 16
+    other = redis.Redis(host=url["host"], port=url["port"], db=other_db)
+    other.set("loop:which-db", "other")
+    try:
+        replies = asyncio.run(_sent(LoopRedis(other), [("GET", "loop:which-db")]))
+        mine = asyncio.run(_sent(LoopRedis(client), [("GET", "loop:which-db")]))
+    finally:
+        other.delete("loop:which-db")
+    assert replies == [b"other"] and mine == [None]
+
+
+# The loop goes on ---------------------------------------------------------------------------
+
+
+def test_the_loop_goes_on_while_redis_has_not_answered(own_redis: RedisInstance) -> None:
+    loop_redis = LoopRedis(redis.Redis(port=own_redis.port, socket_timeout=10))
+
+    async def while_frozen() -> tuple[int, list[Any]]:
+        assert await loop_redis.send([("PING",)]) == [True]  # connected
+        own_redis.freeze()
+        pending = loop_redis.send([("SET", "loop:k", "v"), ("GET", "loop:k")])
+        ticks = 0
+        for _ in range(5):  # the loop runs other work meanwhile
+            await asyncio.sleep(0.02)
+            ticks += 1
+        assert not pending.done()
+        own_redis.thaw()
+        return ticks, await pending
+
+    assert asyncio.run(while_frozen()) == (5, [True, b"v"])
+
+
+# Failures ------------------------------------------------------------------------------------
+
+
+def test_nothing_listening_is_store_unavailable() -> None:
+    from ..support.waiting import free_port
+
+    loop_redis = LoopRedis(redis.Redis(port=free_port(), socket_connect_timeout=0.5))
+    with pytest.raises(StoreUnavailable):
+        asyncio.run(_sent(loop_redis, [("PING",)]))
+
+
+def test_a_redis_that_stops_answering_fails_what_is_in_flight_and_the_next_connects_again(
+    own_redis: RedisInstance,
+) -> None:
+    loop_redis = LoopRedis(redis.Redis(port=own_redis.port, socket_timeout=0.3))
+
+    async def frozen_then_thawed() -> tuple[list[Any], list[Any]]:
+        assert await loop_redis.send([("PING",)]) == [True]
+        own_redis.freeze()
+        first = loop_redis.send([("PING",)])
+        second = loop_redis.send([("PING",)])
+        outcomes = await asyncio.gather(first, second, return_exceptions=True)
+        own_redis.thaw()
+        return outcomes, await loop_redis.send([("SET", "loop:after", "1"), ("GET", "loop:after")])
+
+    outcomes, after = asyncio.run(frozen_then_thawed())
+    assert [type(outcome) for outcome in outcomes] == [StoreUnavailable, StoreUnavailable]
+    assert isinstance(outcomes[0].__cause__, redis.TimeoutError)
+    assert after == [True, b"1"]
+
+
+def test_a_connection_redis_closes_is_noticed_and_replaced(client: redis.Redis) -> None:
+    loop_redis = LoopRedis(client)
+
+    async def killed_while_idle() -> list[Any]:
+        (first_id,) = await loop_redis.send([("CLIENT", "ID")])
+        client.client_kill_filter(_id=first_id)
+        await asyncio.sleep(0.1)  # the loop reads the end of the connection meanwhile
+        return [first_id, *(await loop_redis.send([("CLIENT", "ID"), ("PING",)]))]
+
+    first_id, second_id, pong = asyncio.run(killed_while_idle())
+    assert second_id != first_id and pong is True
+
+
+def test_a_redis_killed_with_pipelines_in_flight_fails_them_as_unavailable(
+    own_redis: RedisInstance,
+) -> None:
+    loop_redis = LoopRedis(redis.Redis(port=own_redis.port, socket_timeout=10))
+
+    async def killed() -> list[Any]:
+        assert await loop_redis.send([("PING",)]) == [True]
+        own_redis.freeze()  # so that nothing is answered before the kill
+        pending = loop_redis.send([("PING",)])
+        own_redis.stop()
+        return list(await asyncio.gather(pending, return_exceptions=True))
+
+    (outcome,) = asyncio.run(killed())
+    assert isinstance(outcome, StoreUnavailable)
+    assert loop_redis.in_flight == 0
+
+
+def test_a_connection_made_on_another_loop_is_replaced(client: redis.Redis) -> None:
+    loop_redis = LoopRedis(client)
+    first = asyncio.run(_sent(loop_redis, [("CLIENT", "ID")]))
+    second = asyncio.run(_sent(loop_redis, [("CLIENT", "ID")]))
+    assert first != second
+
+
+async def _sent(loop_redis: LoopRedis, commands: list[tuple[Any, ...]]) -> list[Any]:
+    return await loop_redis.send(commands)
