@@ -65,6 +65,8 @@ class RoundTrips:
 
     def _send(self) -> None:
         waiting, self._waiting = self._waiting, []
+        if not waiting:
+            return
         everyone = [read for reads, _ in waiting for read in reads]
         if self._loop_redis is None:
             try:
@@ -79,28 +81,23 @@ class RoundTrips:
         sent = self._loop_redis.send(commands)
         sent.add_done_callback(lambda done: self._answer_sent(waiting, everyone, done))
 
-    def _next(self) -> None:
-        """After a pipeline's answers: send what gathered meanwhile, once the requests just
-        answered (woken first, being first in the loop's queue) have added their next reads."""
-        self._in_flight = False
-        if self._waiting:
-            asyncio.get_running_loop().call_soon(self._send)
-
     def _answer_sent(
         self,
         waiting: list[tuple[tuple[Reads[Any], ...], asyncio.Future[list[Any]]]],
         everyone: list[Reads[Any]],
         sent: asyncio.Future[list[Any]],
     ) -> None:
-        self._next()
-        if sent.cancelled():
-            self._fail(waiting, StoreUnavailable("Redis round trip cancelled"))
-            return
-        failed = sent.exception()
-        if failed is not None:
-            self._fail(waiting, failed)
-            return
+        """A pipeline's replies are in (or it failed): answer its requests, then send what
+        gathered meanwhile (``_next``)."""
         try:
+            failed = (
+                StoreUnavailable("Redis round trip cancelled")
+                if sent.cancelled()
+                else sent.exception()
+            )
+            if failed is not None:
+                self._fail(waiting, failed)
+                return
             replies, each, start = sent.result(), [], 0
             for read in everyone:
                 end = start + len(read.commands)
@@ -109,6 +106,16 @@ class RoundTrips:
             self._answer(waiting, each)
         except Exception as bug:  # never leave a request waiting for ever
             self._fail(waiting, bug)
+        finally:
+            self._next()
+
+    def _next(self) -> None:
+        """Send the reads that gathered while a pipeline was out. Scheduled after the wake-ups
+        of the requests it has just answered, so that their next reads (a refresh's spend,
+        after its card) go in it too."""
+        self._in_flight = False
+        if self._waiting:
+            asyncio.get_running_loop().call_soon(self._send)
 
     @staticmethod
     def _fail(

@@ -225,3 +225,37 @@ def test_reads_made_while_a_pipeline_is_in_flight_go_together_in_the_next_one(
         own.stop()
     assert sent == [1, 1, 1]  # the connecting read, the first, then the two later together
     assert answers == [[2], [3], [4]]
+
+
+def test_a_request_answered_by_a_pipeline_sends_its_next_read_with_those_gathered_meanwhile(
+    services: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A refresh reads its card, then spends: the spend goes in the next pipeline together
+    with the reads that gathered while the card's was out, not in one after it."""
+    own = RedisInstance(tmp_path / "redis")
+    own.start()
+    try:
+        trips = RoundTrips(replace(services, redis=own.client()))
+        counter = Reads((("INCR", "round-trips:n"),), lambda replies: replies[0])
+
+        async def two_steps() -> list[Any]:
+            first = await trips.read(counter)
+            return [first, await trips.read(counter)]
+
+        async def requests() -> list[Any]:
+            await trips.read(counter)  # connected
+            own.freeze()
+            stepping = asyncio.ensure_future(two_steps())
+            await asyncio.sleep(0.05)  # its first read is out, and waits for Redis
+            other = asyncio.ensure_future(trips.read(counter))
+            await asyncio.sleep(0.05)
+            own.thaw()
+            return [await stepping, await other]
+
+        with round_trips(monkeypatch) as sent:
+            stepped, other = asyncio.run(requests())
+    finally:
+        own.thaw()
+        own.stop()
+    assert sent == [1, 1, 1]  # the connecting read, the first step, then the rest together
+    assert stepped[0] == [2] and sorted([stepped[1], other]) == [[3], [4]]
