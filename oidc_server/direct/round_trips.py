@@ -14,9 +14,10 @@ means: every command is atomic, the set never was. A refresh sends two in turn (
 card, then the spend, ``direct/refresh.py``); each goes with whatever else is ready then.
 
 On a single Redis server the pipeline is written without stopping the loop
-(``tokens.loop_redis``): while Redis runs it, the loop answers other requests, and the next
-turn's reads may leave before this one's replies are in. On a Cluster or through Sentinel it
-is sent by redis-py, and the loop waits for its replies.
+(``tokens.loop_redis``): while Redis runs it, the loop answers other requests, whose reads
+wait and go together in the next pipeline once this one's replies are in (one out at a time:
+several made smaller pipelines and cost more, docs/scaling.md session 17). Through TLS,
+Sentinel or a Cluster redis-py sends it, and the loop waits for its replies.
 """
 
 from __future__ import annotations
@@ -30,13 +31,16 @@ from ..tokens.loop_redis import LoopRedis
 from ..tokens.reads import Reads, read_together, replies_together
 from ..tokens.store import StoreUnavailable
 
+#: The requests gathered for one pipeline: each one's reads and the future of its answers.
+Waiting = list[tuple[tuple[Reads[Any], ...], asyncio.Future[list[Any]]]]
+
 
 class RoundTrips:
     """The reads of the requests ready in one turn of the event loop, sent together."""
 
     def __init__(self, svc: Services) -> None:
         self.svc = svc
-        self._waiting: list[tuple[tuple[Reads[Any], ...], asyncio.Future[list[Any]]]] = []
+        self._waiting: Waiting = []
         self._loop_redis = LoopRedis.for_client(svc.redis) if svc.redis is not None else None
         #: A pipeline is written and not yet answered: reads wait for it to be (one at a time).
         self._in_flight = False
@@ -83,7 +87,7 @@ class RoundTrips:
 
     def _answer_sent(
         self,
-        waiting: list[tuple[tuple[Reads[Any], ...], asyncio.Future[list[Any]]]],
+        waiting: Waiting,
         everyone: list[Reads[Any]],
         sent: asyncio.Future[list[Any]],
     ) -> None:
@@ -119,7 +123,7 @@ class RoundTrips:
 
     @staticmethod
     def _fail(
-        waiting: list[tuple[tuple[Reads[Any], ...], asyncio.Future[list[Any]]]],
+        waiting: Waiting,
         failed: BaseException,
     ) -> None:
         for _, answered in waiting:
@@ -128,7 +132,7 @@ class RoundTrips:
 
     @staticmethod
     def _answer(
-        waiting: list[tuple[tuple[Reads[Any], ...], asyncio.Future[list[Any]]]],
+        waiting: Waiting,
         replies: list[list[Any]],
     ) -> None:
         """Each waiting request's answers from its reads' replies (``replies``, a list per
