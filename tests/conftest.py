@@ -33,6 +33,7 @@ from oidc_server.tokens.memory_store import MemoryTokenStore
 from oidc_server.tokens.redis_store import RedisTokenStore
 from oidc_server.tokens.store import TokenStore
 
+from .faults.processes import RedisInstance
 from .support.observing import LogCapture
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "")
@@ -75,6 +76,27 @@ def redis_client() -> Iterator[redis.Redis | None]:
         pytest.exit(f"TEST_REDIS_URL is set but unreachable: {exc}", returncode=3)
     yield client
     client.close()
+
+
+@pytest.fixture
+def empty_redis(redis_client: redis.Redis | None) -> redis.Redis:
+    """The test Redis database, emptied; the test is skipped without TEST_REDIS_URL (CI always
+    sets it)."""
+    if redis_client is None:
+        pytest.skip("TEST_REDIS_URL not set (CI always sets it)")
+    redis_client.flushdb()
+    return redis_client
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisInstance]:
+    """A redis-server of this test's own on a spare port, to freeze, stop or kill."""
+    instance = RedisInstance(tmp_path / "redis")
+    instance.start()
+    yield instance
+    if instance.process is not None:
+        instance.thaw()  # as tests/faults does before stopping one
+    instance.stop()
 
 
 @pytest.fixture(scope="session")

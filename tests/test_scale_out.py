@@ -12,6 +12,7 @@ started the same way: a single server, a master behind Sentinel, and a three-nod
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import itertools
 import json
@@ -23,6 +24,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -30,6 +32,7 @@ import redis
 import requests
 
 from oidc_server.config import Settings
+from oidc_server.direct.round_trips import RoundTrips
 from oidc_server.tokens import redis_connect
 from oidc_server.tokens.reads import read_together
 from oidc_server.tokens.redis_store import RedisTokenStore
@@ -518,6 +521,31 @@ def _exercise_token_store(client: Any) -> None:
     )
     assert store.get_session(sid) is None
     assert [s.sid for s in store.list_sessions("user-1")] == []
+
+    # And gathered as the direct answers gather them (direct.round_trips): on the event loop's
+    # own connection for a single server, by redis-py's blocking round trip otherwise.
+    sid = uuid.uuid4().hex
+    store.start_session(replace(session, sid=sid), "hash-1", replace(record, sid=sid), ttl=60)
+    client.script_flush()
+    # Reads use the services' Redis client alone.
+    trips = RoundTrips(SimpleNamespace(redis=client))  # type: ignore[arg-type]
+
+    async def gathered() -> list[Any]:
+        return list(
+            await asyncio.gather(
+                trips.read(store.rotation(Rotation(sid, "hash-1", "hash-2", now, 60))),
+                trips.read(store.rotation(Rotation(sid, "hash-1", "hash-3", now, 60))),
+                trips.read(store.access_token_reads("some-jti", None)),
+            )
+        )
+
+    [rotated], [reused], [active] = asyncio.run(gathered())
+    assert (rotated.outcome, reused.outcome, active) == (
+        RotateOutcome.ROTATED,
+        RotateOutcome.REUSED,
+        True,
+    )
+    assert store.get_session(sid) is None
 
 
 def test_connect_reads_a_single_server_url_with_its_database(redis_server: int) -> None:

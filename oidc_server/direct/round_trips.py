@@ -28,7 +28,7 @@ from typing import Any
 from ..oauth.clients_generation import GenerationRead
 from ..services import Services
 from ..tokens.loop_redis import LoopRedis
-from ..tokens.reads import Reads, read_together, replies_together
+from ..tokens.reads import Reads, commands_of, read_together, replies_of_each, replies_together
 from ..tokens.store import StoreUnavailable
 
 #: The requests gathered for one pipeline: each one's reads and the future of its answers.
@@ -80,9 +80,8 @@ class RoundTrips:
                 return
             self._answer(waiting, replies)
             return
-        commands = [command for read in everyone for command in read.commands]
         self._in_flight = True
-        sent = self._loop_redis.send(commands)
+        sent = self._loop_redis.send(commands_of(everyone))
         sent.add_done_callback(lambda done: self._answer_sent(waiting, everyone, done))
 
     def _answer_sent(
@@ -102,12 +101,7 @@ class RoundTrips:
             if failed is not None:
                 self._fail(waiting, failed)
                 return
-            replies, each, start = sent.result(), [], 0
-            for read in everyone:
-                end = start + len(read.commands)
-                each.append(replies[start:end])
-                start = end
-            self._answer(waiting, each)
+            self._answer(waiting, replies_of_each(everyone, sent.result()))
         except Exception as bug:  # never leave a request waiting for ever
             self._fail(waiting, bug)
         finally:

@@ -131,10 +131,6 @@ class LoopRedis:
             self._timer = loop.call_later(self.timeout, self._check_time)
         return answered
 
-    def close(self) -> None:
-        """Close the connection; pipelines in flight fail with ``StoreUnavailable``."""
-        self._fail(ConnectionError("closed"))
-
     # The connection --------------------------------------------------------------------------
     def _connect(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._sock is not None:

@@ -72,7 +72,7 @@ def replies_together(client: redis.Redis | None, reads: Sequence[Reads[Any]]) ->
 
     Raises ``StoreUnavailable`` when Redis cannot be reached.
     """
-    commands = [command for read in reads for command in read.commands]
+    commands = commands_of(reads)
     replies: list[Any]
     try:
         if not commands:
@@ -91,6 +91,16 @@ def replies_together(client: redis.Redis | None, reads: Sequence[Reads[Any]]) ->
             replies = pipe.execute(raise_on_error=False)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise StoreUnavailable("Redis unavailable") from exc
+    return replies_of_each(reads, replies)
+
+
+def commands_of(reads: Sequence[Reads[Any]]) -> list[tuple[Any, ...]]:
+    """Every command of ``reads``, in order: one pipeline's."""
+    return [command for read in reads for command in read.commands]
+
+
+def replies_of_each(reads: Sequence[Reads[Any]], replies: list[Any]) -> list[list[Any]]:
+    """The replies of the pipeline of ``commands_of(reads)``, cut into each read's own."""
     each, start = [], 0
     for read in reads:
         end = start + len(read.commands)

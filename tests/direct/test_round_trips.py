@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -196,66 +195,56 @@ def test_the_answer_of_a_cancelled_request_is_still_worked_out(services: Any) ->
 
 
 def test_reads_made_while_a_pipeline_is_in_flight_go_together_in_the_next_one(
-    services: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    services: Any, monkeypatch: pytest.MonkeyPatch, own_redis: RedisInstance
 ) -> None:
     """One pipeline at a time: the loop answers other requests meanwhile, and the reads they
     make gather for the next (as many requests a round trip as while the loop waited)."""
-    own = RedisInstance(tmp_path / "redis")
-    own.start()
-    try:
-        trips = RoundTrips(replace(services, redis=own.client()))
-        counter = Reads((("INCR", "round-trips:n"),), lambda replies: replies[0])
+    trips = RoundTrips(replace(services, redis=own_redis.client()))
 
-        async def three_requests() -> list[Any]:
-            await trips.read(counter)  # connected
-            own.freeze()
-            first = asyncio.ensure_future(trips.read(counter))
-            await asyncio.sleep(0.05)  # its pipeline is written, and waits for Redis
-            later = []
-            for _ in range(2):  # made in turns of their own
-                later.append(asyncio.ensure_future(trips.read(counter)))
-                await asyncio.sleep(0.02)
-            own.thaw()
-            return [await first, *(await asyncio.gather(*later))]
+    async def three_requests() -> list[Any]:
+        await trips.read(COUNTER)  # connected
+        own_redis.freeze()
+        first = asyncio.ensure_future(trips.read(COUNTER))
+        await asyncio.sleep(0.05)  # its pipeline is written, and waits for Redis
+        later = []
+        for _ in range(2):  # made in turns of their own
+            later.append(asyncio.ensure_future(trips.read(COUNTER)))
+            await asyncio.sleep(0.02)
+        own_redis.thaw()
+        return [await first, *(await asyncio.gather(*later))]
 
-        with round_trips(monkeypatch) as sent:
-            answers = asyncio.run(three_requests())
-    finally:
-        own.thaw()
-        own.stop()
+    with round_trips(monkeypatch) as sent:
+        answers = asyncio.run(three_requests())
     assert sent == [1, 1, 1]  # the connecting read, the first, then the two later together
     assert answers == [[2], [3], [4]]
 
 
 def test_a_request_answered_by_a_pipeline_sends_its_next_read_with_those_gathered_meanwhile(
-    services: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    services: Any, monkeypatch: pytest.MonkeyPatch, own_redis: RedisInstance
 ) -> None:
     """A refresh reads its card, then spends: the spend goes in the next pipeline together
     with the reads that gathered while the card's was out, not in one after it."""
-    own = RedisInstance(tmp_path / "redis")
-    own.start()
-    try:
-        trips = RoundTrips(replace(services, redis=own.client()))
-        counter = Reads((("INCR", "round-trips:n"),), lambda replies: replies[0])
+    trips = RoundTrips(replace(services, redis=own_redis.client()))
 
-        async def two_steps() -> list[Any]:
-            first = await trips.read(counter)
-            return [first, await trips.read(counter)]
+    async def two_steps() -> list[Any]:
+        first = await trips.read(COUNTER)
+        return [first, await trips.read(COUNTER)]
 
-        async def requests() -> list[Any]:
-            await trips.read(counter)  # connected
-            own.freeze()
-            stepping = asyncio.ensure_future(two_steps())
-            await asyncio.sleep(0.05)  # its first read is out, and waits for Redis
-            other = asyncio.ensure_future(trips.read(counter))
-            await asyncio.sleep(0.05)
-            own.thaw()
-            return [await stepping, await other]
+    async def requests() -> list[Any]:
+        await trips.read(COUNTER)  # connected
+        own_redis.freeze()
+        stepping = asyncio.ensure_future(two_steps())
+        await asyncio.sleep(0.05)  # its first read is out, and waits for Redis
+        other = asyncio.ensure_future(trips.read(COUNTER))
+        await asyncio.sleep(0.05)
+        own_redis.thaw()
+        return [await stepping, await other]
 
-        with round_trips(monkeypatch) as sent:
-            stepped, other = asyncio.run(requests())
-    finally:
-        own.thaw()
-        own.stop()
+    with round_trips(monkeypatch) as sent:
+        stepped, other = asyncio.run(requests())
     assert sent == [1, 1, 1]  # the connecting read, the first step, then the rest together
     assert stepped[0] == [2] and sorted([stepped[1], other]) == [[3], [4]]
+
+
+#: A read whose answer counts the reads before it.
+COUNTER = Reads((("INCR", "round-trips:n"),), lambda replies: replies[0])

@@ -322,14 +322,7 @@ def test_a_refresh_token_in_the_url_is_refused_and_not_spent(
     )
     token_error(in_url, 400, "invalid_request")
     # The token in the body, and only a harmless parameter in the URL: refused all the same.
-    beside_a_query = client.post(
-        "/oauth/token?scope=openid",
-        data={
-            "grant_type": "refresh_token",
-            "client_id": "cinema-app",
-            "refresh_token": tokens["refresh_token"],
-        },
-    )
+    beside_a_query = refresh(client, tokens["refresh_token"], path="/oauth/token?scope=openid")
     token_error(beside_a_query, 400, "invalid_request")
     in_body = refresh(client, tokens["refresh_token"])
     assert in_body.status_code == 200
@@ -368,9 +361,9 @@ def test_password_hash_is_upgraded_when_parameters_change(
 # refresh_token --------------------------------------------------------------------------
 
 
-def refresh(client: FlaskClient, token: str, **extra: str) -> Any:
+def refresh(client: FlaskClient, token: str, path: str = "/oauth/token", **extra: str) -> Any:
     return client.post(
-        "/oauth/token",
+        path,
         data={
             "grant_type": "refresh_token",
             "client_id": "cinema-app",

@@ -4,8 +4,6 @@ the replies redis-py's pipeline gives, while the loop goes on with other work.""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,25 +15,6 @@ from oidc_server.tokens.loop_redis import LoopRedis
 from oidc_server.tokens.store import StoreUnavailable
 
 from ..faults.processes import RedisInstance
-
-
-@pytest.fixture
-def client(redis_client: redis.Redis | None) -> redis.Redis:
-    if redis_client is None:
-        pytest.skip("TEST_REDIS_URL not set (CI always sets it)")
-    redis_client.flushdb()
-    return redis_client
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisInstance]:
-    """A redis-server of this test's own, to stop and freeze."""
-    instance = RedisInstance(tmp_path / "redis")
-    instance.start()
-    yield instance
-    if instance.process is not None:
-        instance.thaw()  # as tests/faults does before stopping one
-    instance.stop()
 
 
 def pipelined(client: redis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
@@ -78,10 +57,10 @@ def test_a_cluster_client_keeps_redis_pys_round_trip() -> None:
 # Replies -------------------------------------------------------------------------------------
 
 
-def test_replies_are_redis_pys_for_the_same_commands(client: redis.Redis) -> None:
-    client.hset("loop:hash", mapping={"a": "1", "b": "2"})
-    client.set("loop:string", "text")
-    client.sadd("loop:set", "x")
+def test_replies_are_redis_pys_for_the_same_commands(empty_redis: redis.Redis) -> None:
+    empty_redis.hset("loop:hash", mapping={"a": "1", "b": "2"})
+    empty_redis.set("loop:string", "text")
+    empty_redis.sadd("loop:set", "x")
     commands: list[tuple[Any, ...]] = [
         ("GET", "loop:string"),
         ("GET", "loop:absent"),
@@ -93,11 +72,11 @@ def test_replies_are_redis_pys_for_the_same_commands(client: redis.Redis) -> Non
         ("HGET", "loop:string", "field"),  # WRONGTYPE: the error stands in its place
         ("EVALSHA", "0" * 40, 0),  # NOSCRIPT: the class redis-py raises for it
     ]
-    loop_redis = LoopRedis(client)
+    loop_redis = LoopRedis(empty_redis)
 
     replies = asyncio.run(_sent(loop_redis, commands))
 
-    expected = pipelined(client, commands)
+    expected = pipelined(empty_redis, commands)
     assert replies[:7] == expected[:7]
     assert replies[3] == {b"a": b"1", b"b": b"2"}
     assert isinstance(replies[7], redis.ResponseError) and "WRONGTYPE" in str(replies[7])
@@ -105,8 +84,10 @@ def test_replies_are_redis_pys_for_the_same_commands(client: redis.Redis) -> Non
     assert isinstance(replies[8], NoScriptError) and isinstance(expected[8], NoScriptError)
 
 
-def test_pipelines_in_flight_together_are_answered_each_with_its_own(client: redis.Redis) -> None:
-    loop_redis = LoopRedis(client)
+def test_pipelines_in_flight_together_are_answered_each_with_its_own(
+    empty_redis: redis.Redis,
+) -> None:
+    loop_redis = LoopRedis(empty_redis)
 
     async def three_at_once() -> list[Any]:
         sent = [
@@ -120,27 +101,27 @@ def test_pipelines_in_flight_together_are_answered_each_with_its_own(client: red
     assert asyncio.run(three_at_once()) == [[1, 2], [3], [b"3", 4]]
 
 
-def test_a_pipeline_larger_than_the_sockets_buffers_goes_whole(client: redis.Redis) -> None:
+def test_a_pipeline_larger_than_the_sockets_buffers_goes_whole(empty_redis: redis.Redis) -> None:
     big = "x" * 3_000_000
     commands: list[tuple[Any, ...]] = [("SET", f"loop:big:{i}", big) for i in range(4)]
     commands += [("STRLEN", f"loop:big:{i}") for i in range(4)]
     commands += [("GET", "loop:big:0")]
 
-    replies = asyncio.run(_sent(LoopRedis(client), commands))
+    replies = asyncio.run(_sent(LoopRedis(empty_redis), commands))
 
     assert replies[:4] == [True] * 4  # SET's callback, as redis-py gives it
     assert replies[4:8] == [len(big)] * 4
     assert replies[8] == big.encode()
 
 
-def test_the_database_of_the_url_is_the_one_read(client: redis.Redis) -> None:
-    url = client.connection_pool.connection_kwargs
+def test_the_database_of_the_url_is_the_one_read(empty_redis: redis.Redis) -> None:
+    url = empty_redis.connection_pool.connection_kwargs
     other_db = (url.get("db", 0) + 1) % 16
     other = redis.Redis(host=url["host"], port=url["port"], db=other_db)
     other.set("loop:which-db", "other")
     try:
         replies = asyncio.run(_sent(LoopRedis(other), [("GET", "loop:which-db")]))
-        mine = asyncio.run(_sent(LoopRedis(client), [("GET", "loop:which-db")]))
+        mine = asyncio.run(_sent(LoopRedis(empty_redis), [("GET", "loop:which-db")]))
     finally:
         other.delete("loop:which-db")
     assert replies == [b"other"] and mine == [None]
@@ -198,12 +179,12 @@ def test_a_redis_that_stops_answering_fails_what_is_in_flight_and_the_next_conne
     assert after == [True, b"1"]
 
 
-def test_a_connection_redis_closes_is_noticed_and_replaced(client: redis.Redis) -> None:
-    loop_redis = LoopRedis(client)
+def test_a_connection_redis_closes_is_noticed_and_replaced(empty_redis: redis.Redis) -> None:
+    loop_redis = LoopRedis(empty_redis)
 
     async def killed_while_idle() -> list[Any]:
         (first_id,) = await loop_redis.send([("CLIENT", "ID")])
-        client.client_kill_filter(_id=first_id)
+        empty_redis.client_kill_filter(_id=first_id)
         await asyncio.sleep(0.1)  # the loop reads the end of the connection meanwhile
         return [first_id, *(await loop_redis.send([("CLIENT", "ID"), ("PING",)]))]
 
@@ -228,8 +209,8 @@ def test_a_redis_killed_with_pipelines_in_flight_fails_them_as_unavailable(
     assert loop_redis.in_flight == 0
 
 
-def test_a_connection_made_on_another_loop_is_replaced(client: redis.Redis) -> None:
-    loop_redis = LoopRedis(client)
+def test_a_connection_made_on_another_loop_is_replaced(empty_redis: redis.Redis) -> None:
+    loop_redis = LoopRedis(empty_redis)
     first = asyncio.run(_sent(loop_redis, [("CLIENT", "ID")]))
     second = asyncio.run(_sent(loop_redis, [("CLIENT", "ID")]))
     assert first != second

@@ -19,14 +19,6 @@ from ..support.redis_trips import round_trips
 from .test_store import refresh, session
 
 
-@pytest.fixture
-def client(redis_client: redis.Redis | None) -> redis.Redis:
-    if redis_client is None:
-        pytest.skip("TEST_REDIS_URL not set (CI always sets it)")
-    redis_client.flushdb()
-    return redis_client
-
-
 def test_reads_answered_in_memory_send_nothing_and_need_no_client(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -36,9 +28,9 @@ def test_reads_answered_in_memory_send_nothing_and_need_no_client(
 
 
 def test_reads_of_the_token_store_and_the_role_cache_share_one_round_trip(
-    client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+    empty_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store, cache = RedisTokenStore(client), RedisRoleCache(client, ttl=60)
+    store, cache = RedisTokenStore(empty_redis), RedisRoleCache(empty_redis, ttl=60)
     store.start_session(session("s1"), "h1", refresh("s1"), ttl=60)
     store.deny_access_token("denied-jti", ttl=60)
     cached, uncached = uuid.uuid4(), uuid.uuid4()
@@ -49,7 +41,7 @@ def test_reads_of_the_token_store_and_the_role_cache_share_one_round_trip(
 
     with round_trips(monkeypatch) as trips:
         answers = read_together(
-            client,
+            empty_redis,
             store.access_token_reads("denied-jti", None),
             store.access_token_reads("live-jti", "s1"),
             store.access_token_reads("live-jti", "ended-session"),
@@ -64,38 +56,38 @@ def test_reads_of_the_token_store_and_the_role_cache_share_one_round_trip(
 
 
 def test_a_miss_read_together_carries_the_generation_a_fill_checks(
-    client: redis.Redis,
+    empty_redis: redis.Redis,
 ) -> None:
     """The generation a pipelined miss carries is the one a fill checks (see roles.py)."""
-    cache = RedisRoleCache(client, ttl=60)
+    cache = RedisRoleCache(empty_redis, ttl=60)
     user_id = uuid.uuid4()
     cache.invalidate([user_id])  # an earlier change: the generation is no longer empty
     card = AccountCard(user_id, "card@example.com", False, _now(), ())
-    (miss,) = read_together(client, cache.card_reads(user_id))
+    (miss,) = read_together(empty_redis, cache.card_reads(user_id))
     assert isinstance(miss, Miss)
     assert cache.fill_card(card, miss)  # nothing changed since the miss: stored
     assert cache.lookup_card(user_id) == card
 
     cache.invalidate([user_id])
-    (miss,) = read_together(client, cache.card_reads(user_id))
+    (miss,) = read_together(empty_redis, cache.card_reads(user_id))
     cache.invalidate([user_id])  # a change lands between the miss and the fill
     assert not cache.fill_card(card, miss)
     assert isinstance(cache.lookup_card(user_id), Miss)
 
 
 def test_a_command_redis_refuses_fails_its_own_read_or_is_answered_by_on_error(
-    client: redis.Redis,
+    empty_redis: redis.Redis,
 ) -> None:
-    client.set("reads:a-string", "not a hash")
+    empty_redis.set("reads:a-string", "not a hash")
     refused = ("HGET", "reads:a-string", "field")
     plain = Reads((refused,), lambda replies: replies[0])
     recovered = Reads((refused,), lambda replies: "unreached", lambda error: f"on_error: {error}")
     doubled = recovered.then(lambda answer: answer.upper())
 
     with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
-        read_together(client, plain, Reads((("GET", "reads:a-string"),), lambda r: r[0]))
+        read_together(empty_redis, plain, Reads((("GET", "reads:a-string"),), lambda r: r[0]))
     got, then_got, fine = read_together(
-        client, recovered, doubled, Reads((("GET", "reads:a-string"),), lambda r: r[0])
+        empty_redis, recovered, doubled, Reads((("GET", "reads:a-string"),), lambda r: r[0])
     )
     assert got.startswith("on_error: WRONGTYPE")
     assert then_got == got.upper()  # ``then`` follows on_error's answer too
