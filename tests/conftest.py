@@ -35,6 +35,11 @@ from oidc_server.tokens.store import TokenStore
 
 from .faults.processes import RedisInstance
 from .support.observing import LogCapture
+from .support.redis_deployments import (
+    SentinelDeployment,
+    cluster_deployment,
+    sentinel_deployment,
+)
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "")
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "")
@@ -97,6 +102,20 @@ def own_redis(tmp_path: Path) -> Iterator[RedisInstance]:
     if instance.process is not None:
         instance.thaw()  # as tests/faults does before stopping one
     instance.stop()
+
+
+@pytest.fixture
+def sentinel(tmp_path: Path) -> Iterator[SentinelDeployment]:
+    """A master and its replica behind one Sentinel of this test's own."""
+    with sentinel_deployment(tmp_path / "sentinel") as deployment:
+        yield deployment
+
+
+@pytest.fixture
+def redis_cluster(tmp_path: Path) -> Iterator[list[int]]:
+    """A three-node Redis Cluster of this test's own; its nodes' ports."""
+    with cluster_deployment(tmp_path / "cluster") as ports:
+        yield ports
 
 
 @pytest.fixture(scope="session")

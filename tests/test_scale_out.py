@@ -16,7 +16,6 @@ import asyncio
 import base64
 import itertools
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -40,6 +39,7 @@ from oidc_server.tokens.store import RefreshRecord, RotateOutcome, Rotation, Ses
 
 from .support.cli import run_cli, settings_env
 from .support.observing import sample
+from .support.redis_deployments import SentinelDeployment, start_redis, stop
 from .support.server import spawn_server
 from .support.waiting import free_port, wait_for
 
@@ -59,58 +59,6 @@ def client_address() -> dict[str, str]:
 
 
 # Processes --------------------------------------------------------------------------------
-
-
-def free_cluster_port() -> int:
-    """A free port whose cluster bus port (port + 10000) is a free port too."""
-    while True:
-        port = free_port()
-        if port + 10000 > 65535:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        return port
-
-
-def start_redis(
-    folder: Path, *extra: str, port: int | None = None
-) -> tuple[subprocess.Popen[bytes], int]:
-    """A private redis-server on a free loopback port, in the foreground of a subprocess."""
-    folder.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
-    log = folder / "redis.log"
-    process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(folder), "--daemonize", "no",
-         "--logfile", str(log), *extra],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    client = redis.Redis(port=port, socket_connect_timeout=0.5)
-
-    def answers() -> bool:
-        assert process.poll() is None, f"redis-server exited: {log.read_text()[-2000:]}"
-        try:
-            return bool(client.ping())
-        except redis.ConnectionError:
-            return False
-
-    wait_for(answers, f"redis-server on port {port}")
-    client.close()
-    return process, port
-
-
-def stop(process: subprocess.Popen[Any]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 @dataclass
@@ -412,72 +360,6 @@ def redis_server(tmp_path: Path) -> Iterator[int]:
         stop(process)
 
 
-@pytest.fixture
-def sentinel(tmp_path: Path) -> Iterator[tuple[int, int]]:
-    """A master and one Sentinel watching it as "mymaster"; yields (sentinel, master) ports."""
-    master, master_port = start_redis(tmp_path / "master")
-    sentinel_port = free_port()
-    config = tmp_path / "sentinel.conf"  # Sentinel rewrites its own config file
-    config.write_text(
-        f"port {sentinel_port}\nbind 127.0.0.1\ndir {tmp_path}\n"
-        f"sentinel monitor mymaster 127.0.0.1 {master_port} 1\n"
-        "sentinel down-after-milliseconds mymaster 60000\n"
-    )
-    process = subprocess.Popen(
-        ["redis-server", str(config), "--sentinel"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        client = redis.Redis(port=sentinel_port, socket_connect_timeout=0.5)
-
-        def knows_master() -> bool:
-            assert process.poll() is None, "redis sentinel exited"
-            try:
-                return client.sentinel_get_master_addr_by_name("mymaster") is not None
-            except redis.ConnectionError:
-                return False
-
-        wait_for(knows_master, "Sentinel knowing its master")
-        client.close()
-        yield sentinel_port, master_port
-    finally:
-        stop(process)
-        stop(master)
-
-
-@pytest.fixture
-def redis_cluster(tmp_path: Path) -> Iterator[list[int]]:
-    """Three masters forming one Redis Cluster; yields their ports."""
-    nodes = []
-    for i in range(3):
-        folder = tmp_path / f"node{i}"
-        cluster_options = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
-        nodes.append(start_redis(folder, *cluster_options, port=free_cluster_port()))
-    ports = [port for _, port in nodes]
-    try:
-        created = subprocess.run(
-            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
-             "--cluster-replicas", "0", "--cluster-yes"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )  # fmt: skip
-        assert created.returncode == 0, created.stdout + created.stderr
-        clients = [redis.Redis(port=p) for p in ports]
-        wait_for(
-            lambda: all(c.cluster("info")["cluster_state"] == "ok" for c in clients),
-            "the cluster agreeing on its slots",
-        )
-        for client in clients:
-            client.close()
-        yield ports
-    finally:
-        for process, _ in nodes:
-            stop(process)
-
-
 #: The options the token store gives its client (RedisTokenStore.from_url).
 STORE_OPTIONS: dict[str, Any] = {
     "socket_timeout": 2,
@@ -523,29 +405,34 @@ def _exercise_token_store(client: Any) -> None:
     assert [s.sid for s in store.list_sessions("user-1")] == []
 
     # And gathered as the direct answers gather them (direct.round_trips): on the event loop's
-    # own connection for a single server, by redis-py's blocking round trip otherwise.
-    sid = uuid.uuid4().hex
-    store.start_session(replace(session, sid=sid), "hash-1", replace(record, sid=sid), ttl=60)
-    client.script_flush()
-    # Reads use the services' Redis client alone.
-    trips = RoundTrips(SimpleNamespace(redis=client))  # type: ignore[arg-type]
+    # own connections (every deployment here is plain TCP), and by redis-py's blocking round
+    # trip, as over TLS.
+    for on_the_loop in (True, False):
+        sid = uuid.uuid4().hex
+        store.start_session(replace(session, sid=sid), "hash-1", replace(record, sid=sid), ttl=60)
+        client.script_flush()
+        # Reads use the services' Redis client alone.
+        trips = RoundTrips(SimpleNamespace(redis=client))  # type: ignore[arg-type]
+        assert trips._loop_redis is not None
+        if not on_the_loop:
+            trips._loop_redis = None
 
-    async def gathered() -> list[Any]:
-        return list(
-            await asyncio.gather(
-                trips.read(store.rotation(Rotation(sid, "hash-1", "hash-2", now, 60))),
-                trips.read(store.rotation(Rotation(sid, "hash-1", "hash-3", now, 60))),
-                trips.read(store.access_token_reads("some-jti", None)),
+        async def gathered(trips: RoundTrips = trips, sid: str = sid) -> list[Any]:
+            return list(
+                await asyncio.gather(
+                    trips.read(store.rotation(Rotation(sid, "hash-1", "hash-2", now, 60))),
+                    trips.read(store.rotation(Rotation(sid, "hash-1", "hash-3", now, 60))),
+                    trips.read(store.access_token_reads("some-jti", None)),
+                )
             )
-        )
 
-    [rotated], [reused], [active] = asyncio.run(gathered())
-    assert (rotated.outcome, reused.outcome, active) == (
-        RotateOutcome.ROTATED,
-        RotateOutcome.REUSED,
-        True,
-    )
-    assert store.get_session(sid) is None
+        [rotated], [reused], [active] = asyncio.run(gathered())
+        assert (rotated.outcome, reused.outcome, active) == (
+            RotateOutcome.ROTATED,
+            RotateOutcome.REUSED,
+            True,
+        )
+        assert store.get_session(sid) is None
 
 
 def test_connect_reads_a_single_server_url_with_its_database(redis_server: int) -> None:
@@ -555,8 +442,8 @@ def test_connect_reads_a_single_server_url_with_its_database(redis_server: int) 
     _exercise_token_store(client)
 
 
-def test_connect_finds_the_master_through_sentinel(sentinel: tuple[int, int]) -> None:
-    sentinel_port, master_port = sentinel
+def test_connect_finds_the_master_through_sentinel(sentinel: SentinelDeployment) -> None:
+    sentinel_port, master_port = sentinel.sentinel, sentinel.master
     client = redis_connect.connect(
         f"redis+sentinel://127.0.0.1:{sentinel_port}/mymaster/3", **STORE_OPTIONS
     )
@@ -574,11 +461,11 @@ def test_connect_speaks_to_a_redis_cluster(redis_cluster: list[int]) -> None:
 
 
 def test_the_rate_limiter_shares_the_same_sentinel_and_database(
-    sentinel: tuple[int, int],
+    sentinel: SentinelDeployment,
 ) -> None:
     from limits.storage import storage_from_string
 
-    sentinel_port, master_port = sentinel
+    sentinel_port, master_port = sentinel.sentinel, sentinel.master
     uri, options = redis_connect.limiter_storage(
         f"redis+sentinel://127.0.0.1:{sentinel_port}/mymaster/5"
     )

@@ -13,11 +13,12 @@ request acts on (a refresh token's spend), so batching changes nothing of what e
 means: every command is atomic, the set never was. A refresh sends two in turn (the user's
 card, then the spend, ``direct/refresh.py``); each goes with whatever else is ready then.
 
-On a single Redis server the pipeline is written without stopping the loop
-(``tokens.loop_redis``): while Redis runs it, the loop answers other requests, whose reads
-wait and go together in the next pipeline once this one's replies are in (one out at a time:
-several made smaller pipelines and cost more, docs/scaling.md session 17). Through TLS,
-Sentinel or a Cluster redis-py sends it, and the loop waits for its replies.
+Over a plain connection (a single server, Sentinel's master, a Cluster's nodes) the pipeline is
+written without stopping the loop (``tokens.loop_redis``, ``tokens.loop_redis_cluster``):
+while Redis runs it, the loop answers other requests, whose reads wait and go together in the
+next pipeline once this one's replies are in (one out at a time: several made smaller
+pipelines and cost more, docs/scaling.md session 17). Through TLS redis-py sends it, and the
+loop waits for its replies.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 from ..oauth.clients_generation import GenerationRead
 from ..services import Services
 from ..tokens.loop_redis import LoopRedis
+from ..tokens.loop_redis_cluster import LoopRedisCluster
 from ..tokens.reads import Reads, commands_of, read_together, replies_of_each, replies_together
 from ..tokens.store import StoreUnavailable
 
@@ -41,7 +43,11 @@ class RoundTrips:
     def __init__(self, svc: Services) -> None:
         self.svc = svc
         self._waiting: Waiting = []
-        self._loop_redis = LoopRedis.for_client(svc.redis) if svc.redis is not None else None
+        self._loop_redis: LoopRedis | LoopRedisCluster | None = None
+        if svc.redis is not None:
+            self._loop_redis = LoopRedis.for_client(svc.redis) or LoopRedisCluster.for_client(
+                svc.redis
+            )
         #: A pipeline is written and not yet answered: reads wait for it to be (one at a time).
         self._in_flight = False
 

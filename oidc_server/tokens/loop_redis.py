@@ -11,16 +11,21 @@ as redis-py parses them) when they arrive, and each pipeline's future is then an
 Redis answers one connection's commands in the order they came, so several pipelines may be
 in flight at once.
 
-Only for a single Redis server over TCP or a unix socket, as ``redis.Redis.from_url`` makes
-it: a Redis Cluster routes commands by slot and Sentinel finds its master per connection, and
-TLS would need its own buffering; those keep redis-py's blocking round trip
-(``tokens.reads.replies_together``). The connection is redis-py's own (``connect()`` does the
-handshake: credentials, database, client name), so the URL's options are honoured alike.
+For a single Redis server over TCP or a unix socket, as ``redis.Redis.from_url`` makes it,
+and for the master behind Sentinel (``Sentinel.master_for``): each connection asks the
+Sentinels where the master is, as redis-py's own do. A Redis Cluster sends each command to its
+slot's node through one of these per node (``tokens.loop_redis_cluster``). TLS would need its
+own buffering: it keeps redis-py's blocking round trip (``tokens.reads.replies_together``).
+The connection is redis-py's own (``connect()`` does the handshake: credentials, database,
+client name), so the URL's options are honoured alike.
 
 Failures: a connection that closes, resets or times out (the client's ``socket_timeout``)
 fails every pipeline in flight on it with ``StoreUnavailable``, and the next pipeline opens a
 new connection. Whether commands that had been written ran is then unknown, as it is for
-redis-py: the callers treat it so (a refresh token's spend, ``direct/refresh.py``).
+redis-py: the callers treat it so (a refresh token's spend, ``direct/refresh.py``). Behind
+Sentinel, a ``READONLY`` reply means the master this connection reached has been demoted by a
+failover: as redis-py does, the connection is dropped (what is in flight fails) and the next
+one asks the Sentinels for the new master.
 """
 
 from __future__ import annotations
@@ -35,13 +40,20 @@ from typing import Any
 import hiredis
 import redis
 from redis._parsers.base import BaseParser
+from redis.sentinel import SentinelConnectionPool, SentinelManagedConnection
 
 from .store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
-#: Connection classes of a single server reached over a plain socket.
-_PLAIN_CONNECTIONS = (redis.Connection, redis.UnixDomainSocketConnection)
+#: Pools and connection classes of one server reached over a plain socket: a single server's,
+#: and the master's behind Sentinel.
+_PLAIN_POOLS = (redis.ConnectionPool, SentinelConnectionPool)
+_PLAIN_CONNECTIONS = (
+    redis.Connection,
+    redis.UnixDomainSocketConnection,
+    SentinelManagedConnection,
+)
 _READ_SIZE = 65536
 
 
@@ -82,14 +94,16 @@ class LoopRedis:
     @classmethod
     def for_client(cls, client: Any) -> LoopRedis | None:
         """A ``LoopRedis`` for ``client``'s server; None unless ``client`` is a single server
-        over a plain socket with redis-py's default replies (see the module docstring)."""
+        or Sentinel's master over a plain socket with redis-py's default replies (see the
+        module docstring)."""
         if type(client) is not redis.Redis:
             return None  # RedisCluster, or a subclass we do not know
         pool = client.connection_pool
         kwargs = pool.connection_kwargs
         if (
-            type(pool) is not redis.ConnectionPool  # Sentinel's pool, a blocking pool
-            or pool.connection_class not in _PLAIN_CONNECTIONS  # TLS, Sentinel
+            type(pool) not in _PLAIN_POOLS  # a blocking pool
+            or not getattr(pool, "is_master", True)  # Sentinel's replicas
+            or pool.connection_class not in _PLAIN_CONNECTIONS  # TLS
             or getattr(pool, "cache", None) is not None  # client-side caching
             or kwargs.get("decode_responses")
             or kwargs.get("protocol") not in (None, 2, "2")  # RESP3 replies differ
@@ -130,6 +144,10 @@ class LoopRedis:
         if self._timer is None and self.timeout and self._sock is not None:
             self._timer = loop.call_later(self.timeout, self._check_time)
         return answered
+
+    def close(self) -> None:
+        """Drop the connection (what is in flight fails); a later ``send`` opens another."""
+        self._fail(ConnectionError("closed"))
 
     # The connection --------------------------------------------------------------------------
     def _connect(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -212,6 +230,11 @@ class LoopRedis:
                 return
             if not self._in_flight:
                 self._fail(ConnectionError("a reply nothing was sent for"))
+                return
+            if isinstance(reply, redis.ReadOnlyError) and isinstance(
+                self._connection, SentinelManagedConnection
+            ):
+                self._fail(reply)  # a demoted master (see the module docstring)
                 return
             pipeline = self._in_flight[0]
             callback = pipeline.callbacks[len(pipeline.replies)]

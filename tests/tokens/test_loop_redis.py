@@ -15,6 +15,8 @@ from oidc_server.tokens.loop_redis import LoopRedis
 from oidc_server.tokens.store import StoreUnavailable
 
 from ..faults.processes import RedisInstance
+from ..support.redis_deployments import SERVICE, SentinelDeployment
+from ..support.waiting import wait_for
 
 
 def pipelined(client: redis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
@@ -33,11 +35,19 @@ def test_a_single_server_over_tcp_or_a_unix_socket_is_read_on_the_loop() -> None
         assert isinstance(LoopRedis.for_client(redis.Redis.from_url(url)), LoopRedis)
 
 
+def test_the_master_behind_sentinel_is_read_on_the_loop() -> None:
+    master = Sentinel([("127.0.0.1", 1)]).master_for("svc")  # asks nothing until it connects
+    assert isinstance(LoopRedis.for_client(master), LoopRedis)
+
+
 @pytest.mark.parametrize(
     "made",
     [
         pytest.param(lambda: redis.Redis.from_url("rediss://127.0.0.1:1/0"), id="TLS"),
-        pytest.param(lambda: Sentinel([("127.0.0.1", 1)]).master_for("svc"), id="Sentinel"),
+        pytest.param(
+            lambda: Sentinel([("127.0.0.1", 1)]).master_for("svc", ssl=True), id="Sentinel TLS"
+        ),
+        pytest.param(lambda: Sentinel([("127.0.0.1", 1)]).slave_for("svc"), id="replicas"),
         pytest.param(
             lambda: redis.Redis.from_url("redis://127.0.0.1:1/0", decode_responses=True),
             id="decoded replies",
@@ -207,6 +217,70 @@ def test_a_redis_killed_with_pipelines_in_flight_fails_them_as_unavailable(
     (outcome,) = asyncio.run(killed())
     assert isinstance(outcome, StoreUnavailable)
     assert loop_redis.in_flight == 0
+
+
+# Sentinel ------------------------------------------------------------------------------------
+
+
+def _through_sentinel(deployment: SentinelDeployment) -> LoopRedis:
+    sentinel = Sentinel([("127.0.0.1", deployment.sentinel)], socket_timeout=2)
+    loop_redis = LoopRedis.for_client(sentinel.master_for(SERVICE, socket_timeout=2))
+    assert loop_redis is not None
+    return loop_redis
+
+
+def test_behind_sentinel_the_pipelines_reach_the_master_it_names(
+    sentinel: SentinelDeployment,
+) -> None:
+    loop_redis = _through_sentinel(sentinel)
+
+    replies = asyncio.run(_sent(loop_redis, [("SET", "loop:where", "1"), ("INFO", "server")]))
+
+    assert replies[0] is True
+    assert replies[1]["tcp_port"] == sentinel.master
+
+
+def test_after_a_failover_the_next_pipeline_reaches_the_new_master(
+    sentinel: SentinelDeployment,
+) -> None:
+    loop_redis = _through_sentinel(sentinel)
+
+    async def across_the_failover() -> tuple[Any, list[Any]]:
+        assert await loop_redis.send([("SET", "loop:before", "1")]) == [True]
+        sentinel.kill_master()
+        lost = await asyncio.gather(loop_redis.send([("PING",)]), return_exceptions=True)
+        wait_for(lambda: sentinel.named_master() == sentinel.replica, "the failover")
+        return lost[0], await loop_redis.send([("SET", "loop:after", "1"), ("INFO", "server")])
+
+    lost, (stored, server) = asyncio.run(across_the_failover())
+    assert isinstance(lost, StoreUnavailable)  # the old master, gone
+    assert stored is True and server["tcp_port"] == sentinel.replica
+    assert redis.Redis(port=sentinel.replica).get("loop:after") == b"1"
+
+
+def test_a_master_demoted_behind_the_sentinels_back_drops_the_connection(
+    sentinel: SentinelDeployment,
+) -> None:
+    # A demoted master that keeps its clients (no Sentinel reconfigured it: a partition, or
+    # REPLICAOF by hand) answers writes READONLY. As redis-py does, the connection is given up,
+    # so that the next one asks the Sentinels again, and what was in flight is unavailable.
+    loop_redis = _through_sentinel(sentinel)
+    master = redis.Redis(port=sentinel.master)
+
+    async def demoted() -> tuple[list[Any], Any]:
+        (first_id,) = await loop_redis.send([("CLIENT", "ID")])
+        redis.Redis(port=sentinel.replica).replicaof("NO", "ONE")
+        master.replicaof("127.0.0.1", sentinel.replica)
+        outcome = await asyncio.gather(
+            loop_redis.send([("GET", "loop:k"), ("SET", "loop:k", "v")]), return_exceptions=True
+        )
+        return outcome, first_id
+
+    (outcome,), first_id = asyncio.run(demoted())
+    assert isinstance(outcome, StoreUnavailable)
+    assert isinstance(outcome.__cause__, redis.ReadOnlyError)
+    assert loop_redis.in_flight == 0
+    assert first_id not in [c["id"] for c in master.client_list()]
 
 
 def test_a_connection_made_on_another_loop_is_replaced(empty_redis: redis.Redis) -> None:

@@ -1,0 +1,120 @@
+"""The direct answers on a Redis behind Sentinel and on a Redis Cluster (``REDIS_URL`` of
+``redis+sentinel://`` and ``redis+cluster://``): the worker's round trips go on its event loop
+there too (``tokens.loop_redis``, ``tokens.loop_redis_cluster``), and a token, an
+introspection, ``/users/me``, a role check and a refresh made together are all answered
+directly, from one pipeline (on a Cluster, one per node)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from oidc_server.accounts import create_user
+from oidc_server.app import create_app
+from oidc_server.bootstrap import ensure_default_roles, ensure_first_party_client
+from oidc_server.direct import answerer_for
+from oidc_server.rsgi import build_environ
+from oidc_server.tokens.loop_redis import LoopRedis
+from oidc_server.tokens.loop_redis_cluster import LoopRedisCluster
+from tests.conftest import PASSWORD, _clean_database, make_client, password_login
+from tests.support.direct import app_answer, form_post, token_claims
+from tests.support.redis_deployments import SERVICE, SentinelDeployment
+from tests.support.roles import machine_token, role_id
+from tests.support.rsgi_fakes import Headers, Scope
+
+
+@pytest.fixture(params=["sentinel", "cluster"])
+def deployed_app(request: pytest.FixtureRequest, settings: Any) -> Iterator[Flask]:
+    """The app on a Redis deployment of this test's own, as ``REDIS_URL`` names it."""
+    if request.param == "sentinel":
+        deployment: SentinelDeployment = request.getfixturevalue("sentinel")
+        url = f"redis+sentinel://127.0.0.1:{deployment.sentinel}/{SERVICE}/2"
+    else:
+        ports: list[int] = request.getfixturevalue("redis_cluster")
+        url = "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in ports)
+    _clean_database(settings.resolved_database_url)
+    app = create_app(replace(settings, redis_url=url))
+    svc = app.extensions["oidc"]
+    with svc.db.session() as session:
+        ensure_default_roles(session)
+        ensure_first_party_client(session, settings)
+    yield app
+    svc.db.dispose()
+
+
+def bearer(path: str, token: str, method: str = "GET") -> dict[str, Any]:
+    """The environ the production adapter builds for a bearer request without a body."""
+    headers = Headers([("host", "localhost"), ("authorization", f"Bearer {token}")])
+    return build_environ(Scope(headers, method=method, path=path, query_string=""), b"")
+
+
+def form(path: str, fields: dict[str, str], machine: Any = None) -> tuple[dict[str, Any], bytes]:
+    body = urllib.parse.urlencode(fields).encode()
+    return form_post(path, machine, body), body
+
+
+def test_requests_made_together_are_answered_directly_on_the_deployment(
+    deployed_app: Flask,
+) -> None:
+    app, svc = deployed_app, deployed_app.extensions["oidc"]
+    answers = answerer_for(app)
+    loop_redis = answers.answerers[0]._trips._loop_redis  # type: ignore[attr-defined]
+    assert isinstance(loop_redis, (LoopRedis, LoopRedisCluster))
+    machine = make_client(svc)
+    with svc.db.session() as session:
+        user = create_user(session, svc.hasher, "deployed@example.com", PASSWORD)
+    # What the app answers first, as in a worker: the client and the user's card cached.
+    machine_access = machine_token(app.test_client(), machine)
+    signed_in = password_login(app.test_client(), user.login, PASSWORD).json
+    refresh_form = {"grant_type": "refresh_token", "client_id": "cinema-app"}
+    first_refresh = {**refresh_form, "refresh_token": signed_in["refresh_token"]}
+    status, _, first = app_answer(app, form("/oauth/token", first_refresh)[0])
+    assert status == 200, first
+    refresh_token = json.loads(first)["refresh_token"]
+    role = role_id(svc, "moderator")
+    role_check = f"/api/v1/users/{user.id}/roles/{role}"
+    assert app_answer(app, bearer(role_check, machine_access, "HEAD"))[0] == 404  # now cached
+
+    requests = [
+        form("/oauth/token", {"grant_type": "client_credentials"}, machine),
+        form("/oauth/introspect", {"token": machine_access}, machine),
+        (bearer("/api/v1/users/me", signed_in["access_token"]), b""),
+        (bearer(role_check, machine_access, "HEAD"), b""),
+        form("/oauth/token", {**refresh_form, "refresh_token": refresh_token}),
+    ]
+
+    async def all_at_once() -> list[Any]:
+        return list(await asyncio.gather(*(answers(environ, body) for environ, body in requests)))
+
+    token, introspected, me, held, refreshed = asyncio.run(all_at_once())
+
+    left = [i for i, a in enumerate((token, introspected, me, held, refreshed)) if a is None]
+    assert left == []  # none left to the app
+    assert [answer[0] for answer in (token, introspected, me, held, refreshed)] == [
+        200,
+        200,
+        200,
+        404,
+        200,
+    ]
+    assert token_claims(app, token[2])["client_id"] == machine.client_id
+    assert json.loads(introspected[2])["active"] is True
+    assert json.loads(me[2])["login"] == user.login
+    assert token_claims(app, refreshed[2])["sub"] == str(user.id)
+    # The spent token again: the app finds the reuse and ends the session.
+    again, body = form("/oauth/token", {**refresh_form, "refresh_token": refresh_token})
+    assert asyncio.run(answers(again, body)) is None
+    status, _, refused = app_answer(app, again)
+    assert status == 400 and json.loads(refused)["error"] == "invalid_grant"
+    successor = json.loads(refreshed[2])["refresh_token"]
+    status, _, _ = app_answer(
+        app, form("/oauth/token", {**refresh_form, "refresh_token": successor})[0]
+    )
+    assert status == 400  # the session ended with the reuse

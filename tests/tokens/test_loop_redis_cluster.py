@@ -1,0 +1,161 @@
+"""A Redis Cluster's pipelines on the event loop (``oidc_server.tokens.loop_redis_cluster``):
+each command on its slot's node, the replies in the commands' order, the cluster's changes
+followed. Every test has a three-node cluster of its own (``redis_cluster``)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from typing import Any
+
+import pytest
+import redis
+from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import NoScriptError
+
+from oidc_server.tokens.loop_redis_cluster import LoopRedisCluster
+from oidc_server.tokens.store import StoreUnavailable
+
+
+@pytest.fixture
+def cluster_client(redis_cluster: list[int]) -> RedisCluster:
+    return RedisCluster(
+        startup_nodes=[ClusterNode("127.0.0.1", port) for port in redis_cluster],
+        socket_timeout=2,
+        socket_connect_timeout=2,
+    )
+
+
+def key_on(client: RedisCluster, port: int, name: str) -> str:
+    """A key named after ``name`` whose slot is on the node at ``port``."""
+    for i in range(10_000):
+        key = f"{name}:{i}"
+        if client.nodes_manager.get_node_from_slot(client.keyslot(key)).port == port:
+            return key
+    raise AssertionError(f"no key of {port}")
+
+
+def process_id(port: int) -> int:
+    return int(redis.Redis(port=port).info("server")["process_id"])
+
+
+async def _sent(loop_redis: LoopRedisCluster, commands: list[tuple[Any, ...]]) -> list[Any]:
+    return await loop_redis.send(commands)
+
+
+def test_redis_pys_cluster_client_is_read_on_the_loop(cluster_client: RedisCluster) -> None:
+    assert isinstance(LoopRedisCluster.for_client(cluster_client), LoopRedisCluster)
+    assert LoopRedisCluster.for_client(redis.Redis()) is None
+
+
+def test_replies_are_redis_pys_in_the_commands_order_across_the_nodes(
+    cluster_client: RedisCluster, redis_cluster: list[int]
+) -> None:
+    a, b, c = (key_on(cluster_client, port, f"loop{n}") for n, port in enumerate(redis_cluster))
+    tagged = f"{{{a}}}"  # a hash tag: keys on a's slot
+    cluster_client.hset(f"{tagged}:hash", mapping={"f": "1"})
+    cluster_client.set(b, "bee")
+    cluster_client.set(f"{tagged}:string", "text")
+    cluster_client.sadd(c, "x")
+    commands: list[tuple[Any, ...]] = [
+        ("GET", b),
+        ("HGETALL", f"{tagged}:hash"),
+        ("SMISMEMBER", c, "x", "y"),
+        ("MGET", f"{tagged}:string", f"{tagged}:absent"),
+        ("EXISTS", c),
+        ("HGET", b, "f"),  # WRONGTYPE, in its place
+        ("EVALSHA", "0" * 40, 1, c),  # NOSCRIPT, as redis-py raises it
+        ("EVAL", "return redis.call('GET', KEYS[1])", 1, b),
+    ]
+    loop_redis = LoopRedisCluster.for_client(cluster_client)
+    assert loop_redis is not None
+
+    replies = asyncio.run(_sent(loop_redis, commands))
+
+    pipe = cluster_client.pipeline()
+    for command in commands:
+        pipe.execute_command(*command)
+    expected = pipe.execute(raise_on_error=False)
+    assert replies[:5] == expected[:5]
+    assert replies[:5] == [b"bee", {b"f": b"1"}, [True, False], [b"text", None], 1]
+    assert type(replies[5]) is type(expected[5]) and "WRONGTYPE" in str(replies[5])
+    assert isinstance(replies[6], NoScriptError)
+    assert replies[7] == b"bee"
+    assert loop_redis.in_flight == 0
+
+
+def test_the_loop_goes_on_while_a_node_has_not_answered(
+    cluster_client: RedisCluster, redis_cluster: list[int]
+) -> None:
+    loop_redis = LoopRedisCluster.for_client(cluster_client)
+    assert loop_redis is not None
+    keys = [key_on(cluster_client, port, "frozen") for port in redis_cluster]
+    frozen = process_id(redis_cluster[0])
+
+    async def while_frozen() -> tuple[int, list[Any]]:
+        await loop_redis.send([("SET", key, "v") for key in keys])  # connected to all three
+        os.kill(frozen, signal.SIGSTOP)
+        try:
+            pending = loop_redis.send([("GET", key) for key in keys])
+            ticks = 0
+            for _ in range(5):
+                await asyncio.sleep(0.02)
+                ticks += 1
+            assert not pending.done() and loop_redis.in_flight == 1
+        finally:
+            os.kill(frozen, signal.SIGCONT)
+        return ticks, await pending
+
+    assert asyncio.run(while_frozen()) == (5, [b"v", b"v", b"v"])
+
+
+def test_a_slot_moved_to_another_node_is_followed_and_learnt(
+    cluster_client: RedisCluster, redis_cluster: list[int]
+) -> None:
+    loop_redis = LoopRedisCluster.for_client(cluster_client)
+    assert loop_redis is not None
+    source, target = redis_cluster[0], redis_cluster[1]
+    key = key_on(cluster_client, source, "moving")
+    slot = cluster_client.keyslot(key)
+    asyncio.run(_sent(loop_redis, [("EXISTS", key)]))  # routed by the map as it was
+    target_id = redis.Redis(port=target).cluster("myid")
+    for port in (target, source, redis_cluster[2]):  # the empty slot's owner, as documented
+        redis.Redis(port=port).execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+    redis.Redis(port=target).set(key, "moved")
+
+    # The source answers MOVED; redis-py follows it and learns where the slot went.
+    assert asyncio.run(_sent(loop_redis, [("GET", key), ("EXISTS", key)])) == [b"moved", 1]
+    assert cluster_client.nodes_manager.get_node_from_slot(slot).port == target
+
+
+def test_a_node_lost_fails_its_commands_alone(
+    cluster_client: RedisCluster, redis_cluster: list[int]
+) -> None:
+    loop_redis = LoopRedisCluster.for_client(cluster_client)
+    assert loop_redis is not None
+    lost, kept = redis_cluster[0], redis_cluster[1]
+    on_lost, on_kept = key_on(cluster_client, lost, "lost"), key_on(cluster_client, kept, "kept")
+    cluster_client.set(on_kept, "still here")
+
+    async def node_killed() -> tuple[list[Any], list[Any]]:
+        await loop_redis.send([("EXISTS", on_lost), ("EXISTS", on_kept)])
+        os.kill(process_id(lost), signal.SIGKILL)
+        during = await loop_redis.send([("GET", on_lost), ("GET", on_kept)])
+        # The next pipeline reads the slot map again first (a live node answers it).
+        after = await loop_redis.send([("GET", on_kept)])
+        return during, after
+
+    during, after = asyncio.run(node_killed())
+    assert isinstance(during[0], redis.ConnectionError)
+    assert during[1] == b"still here"
+    assert after == [b"still here"]
+
+
+def test_commands_that_cannot_be_routed_are_store_unavailable(
+    cluster_client: RedisCluster,
+) -> None:
+    loop_redis = LoopRedisCluster.for_client(cluster_client)
+    assert loop_redis is not None
+    with pytest.raises(StoreUnavailable):
+        asyncio.run(_sent(loop_redis, [("MGET", "one-slot", "another-slot")]))
