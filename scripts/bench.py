@@ -137,9 +137,15 @@ def fresh_environment(workers: int) -> dict[str, str]:
     redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/8")
     ensure_database(db_url)
     reset_database(db_url)
-    import redis
+    from redis.cluster import RedisCluster
 
-    redis.Redis.from_url(redis_url).flushdb()
+    from oidc_server.tokens import redis_connect
+
+    store = redis_connect.connect(redis_url)  # a Sentinel or Cluster URL too
+    if isinstance(store, RedisCluster):
+        store.flushdb(target_nodes=RedisCluster.PRIMARIES)
+    else:
+        store.flushdb()
     workdir = Path(tempfile.mkdtemp(prefix="oidc-bench-"))
     port = free_port()
     return {

@@ -37,8 +37,10 @@ from .faults.processes import RedisInstance
 from .support.observing import LogCapture
 from .support.redis_deployments import (
     SentinelDeployment,
+    TlsRedis,
     cluster_deployment,
     sentinel_deployment,
+    tls_redis,
 )
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "")
@@ -109,6 +111,13 @@ def sentinel(tmp_path: Path) -> Iterator[SentinelDeployment]:
     """A master and its replica behind one Sentinel of this test's own."""
     with sentinel_deployment(tmp_path / "sentinel") as deployment:
         yield deployment
+
+
+@pytest.fixture
+def redis_over_tls(tmp_path: Path) -> Iterator[TlsRedis]:
+    """A redis-server of this test's own that speaks TLS only."""
+    with tls_redis(tmp_path / "tls-redis") as server:
+        yield server
 
 
 @pytest.fixture

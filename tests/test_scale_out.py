@@ -39,7 +39,7 @@ from oidc_server.tokens.store import RefreshRecord, RotateOutcome, Rotation, Ses
 
 from .support.cli import run_cli, settings_env
 from .support.observing import sample
-from .support.redis_deployments import SentinelDeployment, start_redis, stop
+from .support.redis_deployments import SentinelDeployment, TlsRedis, start_redis, stop
 from .support.server import spawn_server
 from .support.waiting import free_port, wait_for
 
@@ -439,6 +439,14 @@ def test_connect_reads_a_single_server_url_with_its_database(redis_server: int) 
     client = redis_connect.connect(f"redis://127.0.0.1:{redis_server}/4", **STORE_OPTIONS)
     client.set("scale-out:probe", "1")
     assert redis.Redis(port=redis_server, db=4).get("scale-out:probe") == b"1"
+    _exercise_token_store(client)
+
+
+def test_connect_speaks_tls_to_a_single_server(redis_over_tls: TlsRedis) -> None:
+    client = redis_connect.connect(redis_over_tls.url(2), **STORE_OPTIONS)
+    assert isinstance(client.connection_pool.get_connection(), redis.SSLConnection)
+    client.set("scale-out:probe", "over-tls")
+    assert client.get("scale-out:probe") == b"over-tls"
     _exercise_token_store(client)
 
 

@@ -13,12 +13,13 @@ request acts on (a refresh token's spend), so batching changes nothing of what e
 means: every command is atomic, the set never was. A refresh sends two in turn (the user's
 card, then the spend, ``direct/refresh.py``); each goes with whatever else is ready then.
 
-Over a plain connection (a single server, Sentinel's master, a Cluster's nodes) the pipeline is
-written without stopping the loop (``tokens.loop_redis``, ``tokens.loop_redis_cluster``):
-while Redis runs it, the loop answers other requests, whose reads wait and go together in the
-next pipeline once this one's replies are in (one out at a time: several made smaller
-pipelines and cost more, docs/scaling.md session 17). Through TLS redis-py sends it, and the
-loop waits for its replies.
+Whatever the deployment (a single server, Sentinel's master, a Cluster's nodes; over TCP, TLS
+or a unix socket) the pipeline is written without stopping the loop (``tokens.loop_redis``,
+``tokens.loop_redis_cluster``): while Redis runs it, the loop answers other requests, whose
+reads wait and go together in the next pipeline once this one's replies are in (one out at a
+time: several made smaller pipelines and cost more, docs/scaling.md session 17). For a client
+those cannot stand in for (decoded or RESP3 replies, client-side caching, a subclass),
+redis-py sends it, and the loop waits for its replies.
 """
 
 from __future__ import annotations

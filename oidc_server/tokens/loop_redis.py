@@ -11,13 +11,14 @@ as redis-py parses them) when they arrive, and each pipeline's future is then an
 Redis answers one connection's commands in the order they came, so several pipelines may be
 in flight at once.
 
-For a single Redis server over TCP or a unix socket, as ``redis.Redis.from_url`` makes it,
-and for the master behind Sentinel (``Sentinel.master_for``): each connection asks the
+For a single Redis server over TCP, TLS or a unix socket, as ``redis.Redis.from_url`` makes
+it, and for the master behind Sentinel (``Sentinel.master_for``): each connection asks the
 Sentinels where the master is, as redis-py's own do. A Redis Cluster sends each command to its
-slot's node through one of these per node (``tokens.loop_redis_cluster``). TLS would need its
-own buffering: it keeps redis-py's blocking round trip (``tokens.reads.replies_together``).
-The connection is redis-py's own (``connect()`` does the handshake: credentials, database,
-client name), so the URL's options are honoured alike.
+slot's node through one of these per node (``tokens.loop_redis_cluster``). The connection is
+redis-py's own (``connect()`` does the handshake: TLS, credentials, database, client name), so
+the URL's options are honoured alike. Over TLS the socket is the ``ssl.SSLSocket`` it made,
+used without blocking: a read or write the TLS layer cannot finish yet is tried again when the
+socket is ready.
 
 Failures: a connection that closes, resets or times out (the client's ``socket_timeout``)
 fails every pipeline in flight on it with ``StoreUnavailable``, and the next pipeline opens a
@@ -33,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -40,20 +42,28 @@ from typing import Any
 import hiredis
 import redis
 from redis._parsers.base import BaseParser
-from redis.sentinel import SentinelConnectionPool, SentinelManagedConnection
+from redis.sentinel import (
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+    SentinelManagedSSLConnection,
+)
 
 from .store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
-#: Pools and connection classes of one server reached over a plain socket: a single server's,
-#: and the master's behind Sentinel.
-_PLAIN_POOLS = (redis.ConnectionPool, SentinelConnectionPool)
-_PLAIN_CONNECTIONS = (
+#: Pools and connection classes of one server: a single server's, and the master's behind
+#: Sentinel (whose TLS connection class is a subclass of its plain one).
+_POOLS = (redis.ConnectionPool, SentinelConnectionPool)
+_CONNECTIONS = (
     redis.Connection,
+    redis.SSLConnection,
     redis.UnixDomainSocketConnection,
     SentinelManagedConnection,
+    SentinelManagedSSLConnection,
 )
+#: A non-blocking socket that cannot go on now (TLS: until the socket is ready again).
+_NOT_NOW = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 _READ_SIZE = 65536
 
 
@@ -94,16 +104,15 @@ class LoopRedis:
     @classmethod
     def for_client(cls, client: Any) -> LoopRedis | None:
         """A ``LoopRedis`` for ``client``'s server; None unless ``client`` is a single server
-        or Sentinel's master over a plain socket with redis-py's default replies (see the
-        module docstring)."""
+        or Sentinel's master with redis-py's default replies (see the module docstring)."""
         if type(client) is not redis.Redis:
             return None  # RedisCluster, or a subclass we do not know
         pool = client.connection_pool
         kwargs = pool.connection_kwargs
         if (
-            type(pool) not in _PLAIN_POOLS  # a blocking pool
+            type(pool) not in _POOLS  # a blocking pool
             or not getattr(pool, "is_master", True)  # Sentinel's replicas
-            or pool.connection_class not in _PLAIN_CONNECTIONS  # TLS
+            or pool.connection_class not in _CONNECTIONS  # a connection class we do not know
             or getattr(pool, "cache", None) is not None  # client-side caching
             or kwargs.get("decode_responses")
             or kwargs.get("protocol") not in (None, 2, "2")  # RESP3 replies differ
@@ -185,7 +194,7 @@ class LoopRedis:
             return
         try:
             written = self._sock.send(data)
-        except (BlockingIOError, InterruptedError):
+        except _NOT_NOW:
             written = 0
         except OSError as failed:
             self._fail(failed)
@@ -197,8 +206,9 @@ class LoopRedis:
     def _writable(self) -> None:
         assert self._sock is not None and self._loop is not None
         try:
+            # TLS: the same bytes again, and maybe more after them, as OpenSSL allows.
             written = self._sock.send(self._unwritten)
-        except (BlockingIOError, InterruptedError):
+        except _NOT_NOW:
             return
         except OSError as failed:
             self._fail(failed)
@@ -208,10 +218,13 @@ class LoopRedis:
             self._loop.remove_writer(self._sock.fileno())
 
     def _readable(self) -> None:
-        assert self._sock is not None
+        sock = self._sock
+        assert sock is not None
         try:
-            data = self._sock.recv(_READ_SIZE)
-        except (BlockingIOError, InterruptedError):
+            # TLS: a read returns one record's bytes at most (16 KiB), so none are left
+            # decrypted and unread behind the socket's readiness.
+            data = sock.recv(_READ_SIZE)
+        except _NOT_NOW:
             return
         except OSError as failed:
             self._fail(failed)

@@ -59,7 +59,7 @@ class LoopRedisCluster:
     @classmethod
     def for_client(cls, client: Any) -> LoopRedisCluster | None:
         """A ``LoopRedisCluster`` for ``client``; None unless it is redis-py's cluster client
-        whose nodes ``LoopRedis`` can reach (plain sockets, default replies: no TLS)."""
+        whose nodes ``LoopRedis`` can reach (redis-py's connections, default replies)."""
         if type(client) is not RedisCluster:
             return None
         nodes = client.get_nodes()
@@ -136,7 +136,7 @@ class LoopRedisCluster:
         if loop_redis is None:
             loop_redis = LoopRedis.for_client(node.redis_connection)
             if loop_redis is None:  # checked for every node by for_client
-                raise redis.RedisError(f"cluster node {node.name} is not a plain connection")
+                raise redis.RedisError(f"cluster node {node.name}: no loop connection")
             self._nodes[node.name] = loop_redis
         return loop_redis
 

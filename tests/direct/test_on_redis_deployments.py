@@ -1,8 +1,9 @@
-"""The direct answers on a Redis behind Sentinel and on a Redis Cluster (``REDIS_URL`` of
-``redis+sentinel://`` and ``redis+cluster://``): the worker's round trips go on its event loop
-there too (``tokens.loop_redis``, ``tokens.loop_redis_cluster``), and a token, an
-introspection, ``/users/me``, a role check and a refresh made together are all answered
-directly, from one pipeline (on a Cluster, one per node)."""
+"""The direct answers on a Redis over TLS, behind Sentinel and on a Redis Cluster
+(``REDIS_URL`` of ``rediss://``, ``redis+sentinel://`` and ``redis+cluster://``): the worker's
+round trips go on its event loop there too (``tokens.loop_redis``,
+``tokens.loop_redis_cluster``), and a token, an introspection, ``/users/me``, a role check and
+a refresh made together are all answered directly, from one pipeline (on a Cluster, one per
+node)."""
 
 from __future__ import annotations
 
@@ -30,10 +31,12 @@ from tests.support.roles import machine_token, role_id
 from tests.support.rsgi_fakes import Headers, Scope
 
 
-@pytest.fixture(params=["sentinel", "cluster"])
+@pytest.fixture(params=["tls", "sentinel", "cluster"])
 def deployed_app(request: pytest.FixtureRequest, settings: Any) -> Iterator[Flask]:
     """The app on a Redis deployment of this test's own, as ``REDIS_URL`` names it."""
-    if request.param == "sentinel":
+    if request.param == "tls":
+        url = request.getfixturevalue("redis_over_tls").url(2)
+    elif request.param == "sentinel":
         deployment: SentinelDeployment = request.getfixturevalue("sentinel")
         url = f"redis+sentinel://127.0.0.1:{deployment.sentinel}/{SERVICE}/2"
     else:

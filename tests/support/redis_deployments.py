@@ -36,9 +36,13 @@ def free_cluster_port() -> int:
 
 
 def start_redis(
-    folder: Path, *extra: str, port: int | None = None
+    folder: Path,
+    *extra: str,
+    port: int | None = None,
+    client_options: dict[str, Any] | None = None,
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """A private redis-server on a free loopback port, in the foreground of a subprocess."""
+    """A private redis-server on a free loopback port, in the foreground of a subprocess;
+    ``client_options`` are what a client needs to reach it (TLS: ``tls_options``)."""
     folder.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     log = folder / "redis.log"
@@ -49,7 +53,9 @@ def start_redis(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    client = redis.Redis(port=port, socket_connect_timeout=0.5)
+    client = redis.Redis(
+        host="127.0.0.1", port=port, socket_connect_timeout=0.5, **(client_options or {})
+    )
 
     def answers() -> bool:
         assert process.poll() is None, f"redis-server exited: {log.read_text()[-2000:]}"
@@ -147,33 +153,116 @@ def sentinel_deployment(folder: Path) -> Iterator[SentinelDeployment]:
         stop(master)
 
 
+@dataclass(frozen=True)
+class TlsRedis:
+    """A redis-server that speaks TLS only, with a certificate for 127.0.0.1."""
+
+    port: int
+    ca_file: Path
+
+    def url(self, db: int = 0) -> str:
+        return f"rediss://127.0.0.1:{self.port}/{db}?ssl_ca_certs={self.ca_file}"
+
+
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1, signed by its own key; (certificate, key) files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+def tls_options(folder: Path, port: int) -> tuple[list[str], dict[str, Any]]:
+    """redis-server's arguments to speak TLS only on ``port`` (with a certificate in
+    ``folder``, made once; clients need none), and a client's options to reach it."""
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    if not cert_file.exists():
+        cert_file, key_file = self_signed_certificate(folder)
+    server = ["--port", "0", "--tls-port", str(port),
+              "--tls-cert-file", str(cert_file), "--tls-key-file", str(key_file),
+              "--tls-ca-cert-file", str(cert_file), "--tls-auth-clients", "no"]  # fmt: skip
+    return server, {"ssl": True, "ssl_ca_certs": str(cert_file)}
+
+
 @contextmanager
-def cluster_deployment(folder: Path) -> Iterator[list[int]]:
-    """Three masters forming one Redis Cluster; their ports."""
+def tls_redis(folder: Path) -> Iterator[TlsRedis]:
+    """A redis-server on a free port that speaks TLS only."""
+    port = free_port()
+    server, client = tls_options(folder / "tls", port)
+    process, _ = start_redis(folder, *server, port=port, client_options=client)
+    try:
+        yield TlsRedis(port, Path(client["ssl_ca_certs"]))
+    finally:
+        stop(process)
+
+
+@contextmanager
+def cluster_deployment(folder: Path, *, tls: bool = False) -> Iterator[list[int]]:
+    """Three masters forming one Redis Cluster; their ports. With ``tls``, the nodes speak
+    TLS only, to clients and to each other, with the certificate ``folder / "tls/cert.pem"``."""
     nodes = []
+    client: dict[str, Any] = {}
     try:
         for i in range(3):
-            cluster_options = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+            port = free_cluster_port()
+            options = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+            if tls:
+                server, client = tls_options(folder / "tls", port)
+                options += [*server, "--tls-cluster", "yes"]
             nodes.append(
-                start_redis(folder / f"node{i}", *cluster_options, port=free_cluster_port())
+                start_redis(folder / f"node{i}", *options, port=port, client_options=client)
             )
         ports = [port for _, port in nodes]
+        cli_tls = ["--tls", "--cacert", client["ssl_ca_certs"]] if tls else []
         created = subprocess.run(
-            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
-             "--cluster-replicas", "0", "--cluster-yes"],
+            ["redis-cli", *cli_tls, "--cluster", "create",
+             *(f"127.0.0.1:{p}" for p in ports), "--cluster-replicas", "0", "--cluster-yes"],
             capture_output=True,
             text=True,
             timeout=60,
             check=False,
         )  # fmt: skip
         assert created.returncode == 0, created.stdout + created.stderr
-        clients = [redis.Redis(port=p) for p in ports]
+        clients = [redis.Redis(host="127.0.0.1", port=p, **client) for p in ports]
         wait_for(
             lambda: all(c.cluster("info")["cluster_state"] == "ok" for c in clients),
             "the cluster agreeing on its slots",
         )
-        for client in clients:
-            client.close()
+        for each in clients:
+            each.close()
         yield ports
     finally:
         for process, _ in nodes:

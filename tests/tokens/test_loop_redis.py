@@ -15,7 +15,7 @@ from oidc_server.tokens.loop_redis import LoopRedis
 from oidc_server.tokens.store import StoreUnavailable
 
 from ..faults.processes import RedisInstance
-from ..support.redis_deployments import SERVICE, SentinelDeployment
+from ..support.redis_deployments import SERVICE, SentinelDeployment, TlsRedis
 from ..support.waiting import wait_for
 
 
@@ -30,23 +30,21 @@ def pipelined(client: redis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]
 # Which clients -------------------------------------------------------------------------------
 
 
-def test_a_single_server_over_tcp_or_a_unix_socket_is_read_on_the_loop() -> None:
-    for url in ("redis://127.0.0.1:1/2", "unix:///tmp/r.sock"):
+def test_a_single_server_over_tcp_tls_or_a_unix_socket_is_read_on_the_loop() -> None:
+    for url in ("redis://127.0.0.1:1/2", "rediss://127.0.0.1:1/0", "unix:///tmp/r.sock"):
         assert isinstance(LoopRedis.for_client(redis.Redis.from_url(url)), LoopRedis)
 
 
-def test_the_master_behind_sentinel_is_read_on_the_loop() -> None:
-    master = Sentinel([("127.0.0.1", 1)]).master_for("svc")  # asks nothing until it connects
+@pytest.mark.parametrize("tls", [False, True])
+def test_the_master_behind_sentinel_is_read_on_the_loop(tls: bool) -> None:
+    # Asks nothing until it connects.
+    master = Sentinel([("127.0.0.1", 1)]).master_for("svc", ssl=tls)
     assert isinstance(LoopRedis.for_client(master), LoopRedis)
 
 
 @pytest.mark.parametrize(
     "made",
     [
-        pytest.param(lambda: redis.Redis.from_url("rediss://127.0.0.1:1/0"), id="TLS"),
-        pytest.param(
-            lambda: Sentinel([("127.0.0.1", 1)]).master_for("svc", ssl=True), id="Sentinel TLS"
-        ),
         pytest.param(lambda: Sentinel([("127.0.0.1", 1)]).slave_for("svc"), id="replicas"),
         pytest.param(
             lambda: redis.Redis.from_url("redis://127.0.0.1:1/0", decode_responses=True),
@@ -217,6 +215,51 @@ def test_a_redis_killed_with_pipelines_in_flight_fails_them_as_unavailable(
     (outcome,) = asyncio.run(killed())
     assert isinstance(outcome, StoreUnavailable)
     assert loop_redis.in_flight == 0
+
+
+# TLS -----------------------------------------------------------------------------------------
+
+
+def test_over_tls_replies_are_redis_pys_whatever_their_size(redis_over_tls: TlsRedis) -> None:
+    client = redis.Redis.from_url(redis_over_tls.url(3), socket_timeout=10)
+    big = "x" * 3_000_000  # many TLS records each way, writes the socket takes in parts
+    commands: list[tuple[Any, ...]] = [("SET", f"loop:big:{i}", big) for i in range(4)]
+    commands += [("GET", f"loop:big:{i}") for i in range(4)]
+    commands += [("HSET", "loop:h", "f", "v"), ("HGETALL", "loop:h"), ("INCR", "loop:h")]
+    loop_redis = LoopRedis.for_client(client)
+    assert loop_redis is not None
+
+    async def together() -> list[Any]:
+        first = loop_redis.send(commands)
+        second = loop_redis.send([("STRLEN", "loop:big:3"), ("INFO", "keyspace")])
+        return [*(await first), *(await second)]
+
+    replies = asyncio.run(together())
+
+    expected = pipelined(client, commands)
+    assert replies[:8] == expected[:8] == [True] * 4 + [big.encode()] * 4
+    assert (replies[8], expected[8]) == (1, 0)  # a new field, then the same again
+    assert replies[9] == expected[9] == {b"f": b"v"}
+    assert isinstance(replies[10], redis.ResponseError) and "WRONGTYPE" in str(replies[10])
+    assert replies[11] == len(big) and "db3" in replies[12]  # the URL's database
+
+
+def test_over_tls_a_connection_redis_closes_is_noticed_and_replaced(
+    redis_over_tls: TlsRedis,
+) -> None:
+    client = redis.Redis.from_url(redis_over_tls.url(), socket_timeout=10)
+    loop_redis = LoopRedis.for_client(client)
+    assert loop_redis is not None
+
+    async def killed_while_idle() -> list[Any]:
+        (first_id,) = await loop_redis.send([("CLIENT", "ID")])
+        client.client_kill_filter(_id=first_id)
+        await asyncio.sleep(0.1)  # the loop reads the end of the connection meanwhile
+        assert loop_redis._sock is None
+        return [first_id, *(await loop_redis.send([("CLIENT", "ID"), ("PING",)]))]
+
+    first_id, second_id, pong = asyncio.run(killed_while_idle())
+    assert second_id != first_id and pong is True
 
 
 # Sentinel ------------------------------------------------------------------------------------

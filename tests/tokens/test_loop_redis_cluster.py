@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,8 @@ from redis.exceptions import NoScriptError
 
 from oidc_server.tokens.loop_redis_cluster import LoopRedisCluster
 from oidc_server.tokens.store import StoreUnavailable
+
+from ..support.redis_deployments import cluster_deployment
 
 
 @pytest.fixture
@@ -150,6 +153,27 @@ def test_a_node_lost_fails_its_commands_alone(
     assert isinstance(during[0], redis.ConnectionError)
     assert during[1] == b"still here"
     assert after == [b"still here"]
+
+
+def test_a_cluster_over_tls_is_read_on_the_loop_too(tmp_path: Path) -> None:
+    with cluster_deployment(tmp_path / "tls-cluster", tls=True) as ports:
+        client = RedisCluster(
+            startup_nodes=[ClusterNode("127.0.0.1", port) for port in ports],
+            ssl=True,
+            ssl_ca_certs=str(tmp_path / "tls-cluster" / "tls" / "cert.pem"),
+            socket_timeout=5,
+        )
+        loop_redis = LoopRedisCluster.for_client(client)
+        assert loop_redis is not None
+        keys = [key_on(client, port, "tls") for port in ports]
+        big = "y" * 1_000_000
+        commands: list[tuple[Any, ...]] = [("SET", key, big) for key in keys]
+        commands += [("STRLEN", key) for key in keys] + [("GET", keys[1])]
+
+        replies = asyncio.run(_sent(loop_redis, commands))
+
+        assert replies == [True] * 3 + [len(big)] * 3 + [big.encode()]
+        client.close()
 
 
 def test_commands_that_cannot_be_routed_are_store_unavailable(
