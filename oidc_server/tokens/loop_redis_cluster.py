@@ -81,6 +81,9 @@ class LoopRedisCluster:
         ``StoreUnavailable`` only when the commands cannot be routed (no slot map)."""
         loop = asyncio.get_running_loop()
         answered: asyncio.Future[list[Any]] = loop.create_future()
+        if not commands:
+            answered.set_result([])
+            return answered
         try:
             routes = self._routes(commands, loop)
         except (redis.RedisError, RedisClusterException) as failed:

@@ -230,37 +230,59 @@ def tls_redis(folder: Path) -> Iterator[TlsRedis]:
 
 
 @contextmanager
-def cluster_deployment(folder: Path, *, tls: bool = False) -> Iterator[list[int]]:
+def cluster_deployment(
+    folder: Path, *, tls: bool = False, with_replica: bool = False
+) -> Iterator[list[int]]:
     """Three masters forming one Redis Cluster; their ports. With ``tls``, the nodes speak
-    TLS only, to clients and to each other, with the certificate ``folder / "tls/cert.pem"``."""
+    TLS only, to clients and to each other, with the certificate ``folder / "tls/cert.pem"``.
+    With ``with_replica``, a fourth node replicates the first (its port comes last), and a
+    node that has not answered for a second is failed over."""
     nodes = []
     client: dict[str, Any] = {}
-    try:
-        for i in range(3):
-            port = free_cluster_port()
-            options = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
-            if tls:
-                server, client = tls_options(folder / "tls", port)
-                options += [*server, "--tls-cluster", "yes"]
-            nodes.append(
-                start_redis(folder / f"node{i}", *options, port=port, client_options=client)
-            )
-        ports = [port for _, port in nodes]
+
+    def start_node(name: str) -> int:
+        nonlocal client
+        port = free_cluster_port()
+        options = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+        if with_replica:
+            options += ["--cluster-node-timeout", "1000"]
+        if tls:
+            server, client = tls_options(folder / "tls", port)
+            options += [*server, "--tls-cluster", "yes", "--tls-replication", "yes"]
+        nodes.append(start_redis(folder / name, *options, port=port, client_options=client))
+        return port
+
+    def cli(*args: str) -> None:
         cli_tls = ["--tls", "--cacert", client["ssl_ca_certs"]] if tls else []
-        created = subprocess.run(
-            ["redis-cli", *cli_tls, "--cluster", "create",
-             *(f"127.0.0.1:{p}" for p in ports), "--cluster-replicas", "0", "--cluster-yes"],
+        done = subprocess.run(
+            ["redis-cli", *cli_tls, "--cluster", *args],
             capture_output=True,
             text=True,
             timeout=60,
             check=False,
-        )  # fmt: skip
-        assert created.returncode == 0, created.stdout + created.stderr
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    try:
+        ports = [start_node(f"node{i}") for i in range(3)]
+        addresses = [f"127.0.0.1:{p}" for p in ports]
+        cli("create", *addresses, "--cluster-replicas", "0", "--cluster-yes")
         clients = [redis.Redis(host="127.0.0.1", port=p, **client) for p in ports]
         wait_for(
             lambda: all(c.cluster("info")["cluster_state"] == "ok" for c in clients),
             "the cluster agreeing on its slots",
         )
+        if with_replica:
+            replica = start_node("replica")
+            master_id = clients[0].cluster("myid")
+            cli("add-node", f"127.0.0.1:{replica}", addresses[0],
+                "--cluster-slave", "--cluster-master-id", master_id)  # fmt: skip
+            clients.append(redis.Redis(host="127.0.0.1", port=replica, **client))
+            wait_for(
+                lambda: clients[3].info("replication").get("master_link_status") == "up",
+                "the replica in sync with its master",
+            )
+            ports.append(replica)
         for each in clients:
             each.close()
         yield ports

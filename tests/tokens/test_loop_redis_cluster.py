@@ -15,10 +15,11 @@ import redis
 from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import NoScriptError
 
-from oidc_server.tokens.loop_redis_cluster import LoopRedisCluster
+from oidc_server.tokens.loop_redis_cluster import SLOTS_RELOAD_INTERVAL, LoopRedisCluster
 from oidc_server.tokens.store import StoreUnavailable
 
 from ..support.redis_deployments import cluster_deployment
+from ..support.waiting import wait_for
 
 
 @pytest.fixture
@@ -86,6 +87,7 @@ def test_replies_are_redis_pys_in_the_commands_order_across_the_nodes(
     assert isinstance(replies[6], NoScriptError)
     assert replies[7] == b"bee"
     assert loop_redis.in_flight == 0
+    assert asyncio.run(_sent(loop_redis, [])) == []
 
 
 def test_the_loop_goes_on_while_a_node_has_not_answered(
@@ -153,6 +155,43 @@ def test_a_node_lost_fails_its_commands_alone(
     assert isinstance(during[0], redis.ConnectionError)
     assert during[1] == b"still here"
     assert after == [b"still here"]
+
+
+def test_after_a_node_fails_over_the_pipelines_reach_its_replica(tmp_path: Path) -> None:
+    with cluster_deployment(tmp_path / "cluster", with_replica=True) as ports:
+        master, replica = ports[0], ports[3]
+        client = RedisCluster(
+            startup_nodes=[ClusterNode("127.0.0.1", port) for port in ports[1:3]],
+            socket_timeout=2,
+            socket_connect_timeout=2,
+        )
+        loop_redis = LoopRedisCluster.for_client(client)
+        assert loop_redis is not None
+        key = key_on(client, master, "failing-over")
+        with redis.Redis(port=master) as written:
+            written.set(key, "kept")
+            assert written.wait(1, 5000) == 1  # on the replica too
+        monitor = redis.Redis(port=ports[1])
+
+        def promoted() -> bool:
+            flags = monitor.cluster("nodes").get(f"127.0.0.1:{replica}", {}).get("flags", "")
+            return "master" in flags
+
+        async def across_the_failover() -> tuple[Any, Any]:
+            os.kill(process_id(master), signal.SIGKILL)
+            (lost,) = await loop_redis.send([("GET", key)])
+            wait_for(promoted, "the replica promoted", deadline=30)
+            await asyncio.sleep(SLOTS_RELOAD_INTERVAL)
+            # The slot map is read again first; only this loop's pipelines run here, nothing
+            # of redis-py's own client learns of the failover for it.
+            (found,) = await loop_redis.send([("GET", key)])
+            return lost, found
+
+        lost, found = asyncio.run(across_the_failover())
+        assert isinstance(lost, redis.ConnectionError)
+        assert found == b"kept"
+        assert client.nodes_manager.get_node_from_slot(client.keyslot(key)).port == replica
+        client.close()
 
 
 def test_a_cluster_over_tls_is_read_on_the_loop_too(tmp_path: Path) -> None:
