@@ -11,10 +11,14 @@ import asyncio
 import json
 import urllib.parse
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
+import requests
 from flask import Flask
 
 from oidc_server.accounts import create_user
@@ -25,10 +29,13 @@ from oidc_server.rsgi import build_environ
 from oidc_server.tokens.loop_redis import LoopRedis
 from oidc_server.tokens.loop_redis_cluster import LoopRedisCluster
 from tests.conftest import PASSWORD, _clean_database, make_client, password_login
+from tests.support.cli import settings_env
 from tests.support.direct import app_answer, form_post, token_claims
 from tests.support.redis_deployments import SERVICE, SentinelDeployment
 from tests.support.roles import machine_token, role_id
 from tests.support.rsgi_fakes import Headers, Scope
+from tests.support.server import spawn_server
+from tests.support.waiting import free_port, wait_for
 
 
 @pytest.fixture(params=["tls", "sentinel", "cluster"])
@@ -121,3 +128,83 @@ def test_requests_made_together_are_answered_directly_on_the_deployment(
         app, form("/oauth/token", {**refresh_form, "refresh_token": successor})[0]
     )
     assert status == 400  # the session ended with the reuse
+
+
+def test_the_production_server_answers_over_http_on_the_deployment(
+    deployed_app: Flask, tmp_path: Path
+) -> None:
+    svc = deployed_app.extensions["oidc"]
+    machine = make_client(svc)
+    with svc.db.session() as session:
+        user = create_user(session, svc.hasher, "over-http@example.com", PASSWORD)
+    role = role_id(svc, "moderator")
+    port = free_port()
+    env = {
+        **settings_env(svc.settings),  # REDIS_URL: the deployment's
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "WEB_CONCURRENCY": "1",
+        "RATELIMIT_ENABLED": "false",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+    }
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "server.log"
+    server = spawn_server(env, log)
+
+    def call(method: str, path: str, **kwargs: Any) -> requests.Response:
+        return requests.request(method, base + path, timeout=30, **kwargs)
+
+    basic = (machine.client_id, machine.client_secret)
+    public = {"client_id": "cinema-app"}
+    try:
+        wait_for(lambda: _ready(base, server, log), "the production server ready")
+
+        def token(_: int) -> requests.Response:
+            form = {"grant_type": "client_credentials"}
+            return call("POST", "/oauth/token", data=form, auth=basic)
+
+        with ThreadPoolExecutor(8) as pool:
+            tokens = list(pool.map(token, range(16)))
+        assert [t.status_code for t in tokens] == [200] * 16
+        jwks = jwt.PyJWKClient(base + "/.well-known/jwks.json")
+        access = tokens[-1].json()["access_token"]
+        claims = jwt.decode(
+            access,
+            jwks.get_signing_key_from_jwt(access).key,
+            algorithms=["RS256"],
+            audience=svc.settings.access_token_audience,
+            issuer=svc.settings.oidc_issuer,
+        )
+        assert claims["client_id"] == machine.client_id
+        introspected = call("POST", "/oauth/introspect", data={"token": access}, auth=basic)
+        assert introspected.json()["active"] is True
+        bearer = {"Authorization": f"Bearer {access}"}
+        held = call("HEAD", f"/api/v1/users/{user.id}/roles/{role}", headers=bearer)
+        assert held.status_code == 404
+
+        login = {**public, "grant_type": "password", "username": user.login, "password": PASSWORD}
+        signed_in = call("POST", "/oauth/token", data=login).json()
+        users_bearer = {"Authorization": f"Bearer {signed_in['access_token']}"}
+        me = call("GET", "/api/v1/users/me", headers=users_bearer)
+        assert me.status_code == 200 and me.json()["login"] == user.login
+        chain = [signed_in["refresh_token"]]
+        for _ in range(3):
+            form = {**public, "grant_type": "refresh_token", "refresh_token": chain[-1]}
+            rotated = call("POST", "/oauth/token", data=form)
+            assert rotated.status_code == 200, rotated.text
+            chain.append(rotated.json()["refresh_token"])
+        form = {**public, "grant_type": "refresh_token", "refresh_token": chain[0]}
+        reused = call("POST", "/oauth/token", data=form)
+        assert reused.status_code == 400 and reused.json()["error"] == "invalid_grant"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert '"level": "error"' not in log.read_text()
+
+
+def _ready(base: str, server: Any, log: Path) -> bool:
+    assert server.poll() is None, log.read_text()[-3000:]
+    try:
+        return requests.get(base + "/health/ready", timeout=5).status_code == 200
+    except requests.ConnectionError:
+        return False
