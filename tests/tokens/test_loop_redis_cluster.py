@@ -1,12 +1,14 @@
 """A Redis Cluster's pipelines on the event loop (``oidc_server.tokens.loop_redis_cluster``):
 each command on its slot's node, the replies in the commands' order, the cluster's changes
-followed. Every test has a three-node cluster of its own (``redis_cluster``)."""
+followed. The tests that leave their cluster as they found it share one (``shared_cluster``);
+those that move a slot or kill a node have one of their own (``redis_cluster``)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +24,32 @@ from ..support.redis_deployments import cluster_deployment
 from ..support.waiting import wait_for
 
 
-@pytest.fixture
-def cluster_client(redis_cluster: list[int]) -> RedisCluster:
+def client_of(ports: list[int]) -> RedisCluster:
     return RedisCluster(
-        startup_nodes=[ClusterNode("127.0.0.1", port) for port in redis_cluster],
+        startup_nodes=[ClusterNode("127.0.0.1", port) for port in ports],
         socket_timeout=2,
         socket_connect_timeout=2,
     )
+
+
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
+    with cluster_deployment(tmp_path_factory.mktemp("shared-cluster")) as ports:
+        yield ports
+
+
+@pytest.fixture
+def shared_client(shared_cluster: list[int]) -> Iterator[RedisCluster]:
+    client = client_of(shared_cluster)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def cluster_client(redis_cluster: list[int]) -> Iterator[RedisCluster]:
+    client = client_of(redis_cluster)
+    yield client
+    client.close()
 
 
 def key_on(client: RedisCluster, port: int, name: str) -> str:
@@ -48,20 +69,20 @@ async def _sent(loop_redis: LoopRedisCluster, commands: list[tuple[Any, ...]]) -
     return await loop_redis.send(commands)
 
 
-def test_redis_pys_cluster_client_is_read_on_the_loop(cluster_client: RedisCluster) -> None:
-    assert isinstance(LoopRedisCluster.for_client(cluster_client), LoopRedisCluster)
+def test_redis_pys_cluster_client_is_read_on_the_loop(shared_client: RedisCluster) -> None:
+    assert isinstance(LoopRedisCluster.for_client(shared_client), LoopRedisCluster)
     assert LoopRedisCluster.for_client(redis.Redis()) is None
 
 
 def test_replies_are_redis_pys_in_the_commands_order_across_the_nodes(
-    cluster_client: RedisCluster, redis_cluster: list[int]
+    shared_client: RedisCluster, shared_cluster: list[int]
 ) -> None:
-    a, b, c = (key_on(cluster_client, port, f"loop{n}") for n, port in enumerate(redis_cluster))
+    a, b, c = (key_on(shared_client, port, f"loop{n}") for n, port in enumerate(shared_cluster))
     tagged = f"{{{a}}}"  # a hash tag: keys on a's slot
-    cluster_client.hset(f"{tagged}:hash", mapping={"f": "1"})
-    cluster_client.set(b, "bee")
-    cluster_client.set(f"{tagged}:string", "text")
-    cluster_client.sadd(c, "x")
+    shared_client.hset(f"{tagged}:hash", mapping={"f": "1"})
+    shared_client.set(b, "bee")
+    shared_client.set(f"{tagged}:string", "text")
+    shared_client.sadd(c, "x")
     commands: list[tuple[Any, ...]] = [
         ("GET", b),
         ("HGETALL", f"{tagged}:hash"),
@@ -72,12 +93,12 @@ def test_replies_are_redis_pys_in_the_commands_order_across_the_nodes(
         ("EVALSHA", "0" * 40, 1, c),  # NOSCRIPT, as redis-py raises it
         ("EVAL", "return redis.call('GET', KEYS[1])", 1, b),
     ]
-    loop_redis = LoopRedisCluster.for_client(cluster_client)
+    loop_redis = LoopRedisCluster.for_client(shared_client)
     assert loop_redis is not None
 
     replies = asyncio.run(_sent(loop_redis, commands))
 
-    pipe = cluster_client.pipeline()
+    pipe = shared_client.pipeline()
     for command in commands:
         pipe.execute_command(*command)
     expected = pipe.execute(raise_on_error=False)
@@ -91,12 +112,12 @@ def test_replies_are_redis_pys_in_the_commands_order_across_the_nodes(
 
 
 def test_the_loop_goes_on_while_a_node_has_not_answered(
-    cluster_client: RedisCluster, redis_cluster: list[int]
+    shared_client: RedisCluster, shared_cluster: list[int]
 ) -> None:
-    loop_redis = LoopRedisCluster.for_client(cluster_client)
+    loop_redis = LoopRedisCluster.for_client(shared_client)
     assert loop_redis is not None
-    keys = [key_on(cluster_client, port, "frozen") for port in redis_cluster]
-    frozen = process_id(redis_cluster[0])
+    keys = [key_on(shared_client, port, "frozen") for port in shared_cluster]
+    frozen = process_id(shared_cluster[0])
 
     async def while_frozen() -> tuple[int, list[Any]]:
         await loop_redis.send([("SET", key, "v") for key in keys])  # connected to all three
@@ -216,9 +237,9 @@ def test_a_cluster_over_tls_is_read_on_the_loop_too(tmp_path: Path) -> None:
 
 
 def test_commands_that_cannot_be_routed_are_store_unavailable(
-    cluster_client: RedisCluster,
+    shared_client: RedisCluster,
 ) -> None:
-    loop_redis = LoopRedisCluster.for_client(cluster_client)
+    loop_redis = LoopRedisCluster.for_client(shared_client)
     assert loop_redis is not None
     with pytest.raises(StoreUnavailable):
         asyncio.run(_sent(loop_redis, [("MGET", "one-slot", "another-slot")]))
