@@ -42,25 +42,21 @@ from typing import Any
 import hiredis
 import redis
 from redis._parsers.base import BaseParser
-from redis.sentinel import (
-    SentinelConnectionPool,
-    SentinelManagedConnection,
-    SentinelManagedSSLConnection,
-)
+from redis.sentinel import SentinelConnectionPool, SentinelManagedConnection
 
 from .store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 #: Pools and connection classes of one server: a single server's, and the master's behind
-#: Sentinel (whose TLS connection class is a subclass of its plain one).
+#: Sentinel. Not Sentinel over TLS, which no ``REDIS_URL`` names (``redis_connect``): it is
+#: tested nowhere, so redis-py sends its round trips.
 _POOLS = (redis.ConnectionPool, SentinelConnectionPool)
 _CONNECTIONS = (
     redis.Connection,
     redis.SSLConnection,
     redis.UnixDomainSocketConnection,
     SentinelManagedConnection,
-    SentinelManagedSSLConnection,
 )
 #: A non-blocking socket that cannot go on now (TLS: until the socket is ready again).
 _NOT_NOW = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
