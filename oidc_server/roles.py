@@ -47,6 +47,7 @@ from sqlalchemy.orm import Session
 from . import audit
 from .models import Role, User, UserRole
 from .tokens.reads import Reads, read_together
+from .tokens.redis_connect import UNAVAILABLE
 from .tokens.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -314,7 +315,7 @@ def _redis_errors(fn: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except UNAVAILABLE as exc:
             raise StoreUnavailable("role cache unavailable") from exc
 
     return wrapper

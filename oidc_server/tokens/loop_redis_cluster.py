@@ -11,10 +11,10 @@ When the cluster moves a slot or fails over, a node answers ``MOVED``, ``ASK``, 
 or ``CLUSTERDOWN`` and has not run the command. Those few commands are sent again through
 redis-py's cluster client, which follows the redirection and learns the new slot map, so the
 next pipelines go to the right node; that send blocks the loop, as every round trip did before,
-only while the cluster changes. A node that cannot be reached or does not answer in time puts a
-``redis.ConnectionError`` in its commands' places (``Reads.answered`` makes it
-``StoreUnavailable`` for their requests alone) and has the slot map read again before the next
-pipeline, at most once a second.
+only while the cluster changes. A node that cannot be reached or does not answer in time, or a
+cluster still down after redis-py's retries, puts a ``redis.ConnectionError`` in the commands'
+places (``Reads.answered`` makes it ``StoreUnavailable`` for their requests alone) and has the
+slot map read again before the next pipeline, at most once a second.
 """
 
 from __future__ import annotations
@@ -176,13 +176,18 @@ class LoopRedisCluster:
                 replies[index] = self._sent_by_redis_py(commands[index])
 
     def _sent_by_redis_py(self, command: tuple[Any, ...]) -> Any:
+        """``command``'s reply through redis-py's cluster client (which follows redirections
+        and retries while the cluster changes); a cluster that stays down or changing, or a
+        node lost, is a ``redis.ConnectionError`` in its place, as a node lost here is."""
         try:
             return self._client.execute_command(*command)
-        except redis.ResponseError as refused:
-            return refused
-        except (redis.ConnectionError, redis.TimeoutError) as lost:
+        except (*_NOT_RUN_HERE, redis.ConnectionError, redis.TimeoutError) as failed:
             self._reload_slots = True
-            return lost
-        except (redis.RedisError, RedisClusterException) as failed:  # still changing: try it later
-            log.warning("Redis Cluster redirection failed", extra={"reason": type(failed).__name__})
+            unavailable = redis.ConnectionError("Redis Cluster unavailable")
+            unavailable.__cause__ = failed
+            return unavailable
+        except redis.ResponseError as refused:  # the command's own error (WRONGTYPE, ...)
+            return refused
+        except (redis.RedisError, RedisClusterException) as failed:
+            log.warning("Redis Cluster resend failed", extra={"reason": type(failed).__name__})
             return redis.ConnectionError("Redis Cluster unavailable")

@@ -24,6 +24,7 @@ from typing import Any, Generic, TypeVar
 
 import redis
 
+from .redis_connect import UNAVAILABLE
 from .store import StoreUnavailable
 
 T = TypeVar("T")
@@ -58,7 +59,7 @@ class Reads(Generic[T]):
         for reply in replies:
             if not isinstance(reply, Exception):
                 continue
-            if isinstance(reply, (redis.ConnectionError, redis.TimeoutError)):
+            if isinstance(reply, UNAVAILABLE):
                 raise StoreUnavailable("Redis unavailable") from reply  # a cluster node's
             if self.on_error is None or not isinstance(reply, redis.ResponseError):
                 raise reply
@@ -89,7 +90,7 @@ def replies_together(client: redis.Redis | None, reads: Sequence[Reads[Any]]) ->
             for command in commands:
                 pipe.execute_command(*command)
             replies = pipe.execute(raise_on_error=False)
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
+    except UNAVAILABLE as exc:
         raise StoreUnavailable("Redis unavailable") from exc
     return replies_of_each(reads, replies)
 

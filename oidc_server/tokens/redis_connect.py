@@ -23,6 +23,7 @@ from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import ClusterDownError
 from redis.sentinel import Sentinel
 
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
@@ -30,6 +31,10 @@ SENTINEL_SCHEMES = ("redis+sentinel",)
 SINGLE_SCHEMES = ("redis", "rediss", "unix")
 DEFAULT_PORT = 6379
 DEFAULT_SENTINEL_PORT = 26379
+#: What a deployment raises when it cannot answer, whatever the command: unreachable, too
+#: slow, or a Cluster down (``CLUSTERDOWN`` still, after redis-py's retries). Callers answer
+#: these as the store being unavailable (503), never as a failure of the request itself.
+UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, ClusterDownError)
 #: Options that also apply to the connections to the Sentinels themselves.
 _SENTINEL_CONNECTION_OPTIONS = ("socket_timeout", "socket_connect_timeout")
 

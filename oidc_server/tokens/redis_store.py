@@ -13,10 +13,12 @@ from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
 import redis
+from redis.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 from . import redis_connect
 from .reads import Reads, read_together
+from .redis_connect import UNAVAILABLE
 from .store import (
     RefreshRecord,
     RotateOutcome,
@@ -122,7 +124,7 @@ def _fail_closed(fn: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except UNAVAILABLE as exc:
             raise StoreUnavailable("token store unavailable") from exc
 
     return wrapper
@@ -376,6 +378,9 @@ class RedisTokenStore(TokenStore):
 
     def ping(self) -> bool:
         try:
+            if isinstance(self.redis, RedisCluster):
+                # Its nodes answer PING while the cluster is down and refuses every key.
+                return bool(self.redis.cluster_info().get("cluster_state") == "ok")
             return bool(self.redis.ping())
-        except (redis.ConnectionError, redis.TimeoutError):
+        except UNAVAILABLE:
             return False

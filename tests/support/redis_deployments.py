@@ -231,12 +231,13 @@ def tls_redis(folder: Path) -> Iterator[TlsRedis]:
 
 @contextmanager
 def cluster_deployment(
-    folder: Path, *, tls: bool = False, with_replica: bool = False
+    folder: Path, *, tls: bool = False, with_replica: bool = False, quick_failure: bool = False
 ) -> Iterator[list[int]]:
     """Three masters forming one Redis Cluster; their ports. With ``tls``, the nodes speak
     TLS only, to clients and to each other, with the certificate ``folder / "tls/cert.pem"``.
-    With ``with_replica``, a fourth node replicates the first (its port comes last), and a
-    node that has not answered for a second is failed over."""
+    With ``with_replica``, a fourth node replicates the first (its port comes last) and takes
+    over once the first has not answered for a second. With ``quick_failure``, a node that has
+    not answered for a second is failed (without a replica, the cluster is then down)."""
     nodes = []
     client: dict[str, Any] = {}
 
@@ -244,7 +245,7 @@ def cluster_deployment(
         nonlocal client
         port = free_cluster_port()
         options = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
-        if with_replica:
+        if with_replica or quick_failure:
             options += ["--cluster-node-timeout", "1000"]
         if tls:
             server, client = tls_options(folder / "tls", port)

@@ -18,6 +18,8 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import NoScriptError
 
 from oidc_server.tokens.loop_redis_cluster import SLOTS_RELOAD_INTERVAL, LoopRedisCluster
+from oidc_server.tokens.reads import read_together
+from oidc_server.tokens.redis_store import RedisTokenStore
 from oidc_server.tokens.store import StoreUnavailable
 
 from ..support.redis_deployments import cluster_deployment
@@ -212,6 +214,32 @@ def test_after_a_node_fails_over_the_pipelines_reach_its_replica(tmp_path: Path)
         assert isinstance(lost, redis.ConnectionError)
         assert found == b"kept"
         assert client.nodes_manager.get_node_from_slot(client.keyslot(key)).port == replica
+        client.close()
+
+
+def test_a_cluster_that_is_down_is_unavailable_to_every_command(tmp_path: Path) -> None:
+    # No replica: once the others fail the killed node, every node answers CLUSTERDOWN, and
+    # redis-py's resend of those gives up too. Unavailable, not an error of the command.
+    with cluster_deployment(tmp_path / "cluster", quick_failure=True) as ports:
+        client = client_of(ports[1:])
+        loop_redis = LoopRedisCluster.for_client(client)
+        assert loop_redis is not None
+        keys = [key_on(client, port, "down") for port in ports]
+        asyncio.run(_sent(loop_redis, [("EXISTS", key) for key in keys]))  # connected
+        monitor = redis.Redis(port=ports[1])
+        os.kill(process_id(ports[0]), signal.SIGKILL)
+        wait_for(lambda: monitor.cluster("info")["cluster_state"] == "fail", "the cluster down")
+
+        replies = asyncio.run(_sent(loop_redis, [("GET", key) for key in keys]))
+
+        assert [type(reply) for reply in replies] == [redis.ConnectionError] * 3
+        # And so through redis-py alone, for the app's own reads and writes: a 503.
+        store = RedisTokenStore(client)
+        with pytest.raises(StoreUnavailable):
+            read_together(client, store.access_token_reads("some-jti", None))
+        with pytest.raises(StoreUnavailable):
+            store.get_session("some-session")
+        assert store.ping() is False
         client.close()
 
 
