@@ -1,9 +1,9 @@
 """The direct answers on a Redis over TLS, behind Sentinel and on a Redis Cluster
 (``REDIS_URL`` of ``rediss://``, ``redis+sentinel://`` and ``redis+cluster://``): the worker's
 round trips go on its event loop there too (``tokens.loop_redis``,
-``tokens.loop_redis_cluster``), and a token, an introspection, ``/users/me``, a role check and
-a refresh made together are all answered directly, from one pipeline (on a Cluster, one per
-node)."""
+``tokens.loop_redis_cluster``), so a token, an introspection, ``/users/me``, a role check and
+a refresh made together are all answered directly, their reads gathered (on a Cluster, one
+pipeline per node); and the production server answers them over HTTP on each."""
 
 from __future__ import annotations
 

@@ -1,9 +1,12 @@
-"""Private Redis deployments for tests: single servers, a master and replica behind Sentinel, a
-three-node Cluster. Each is its own redis-server processes on spare loopback ports, never the
-shared Redis, so tests may stop, fail over or reshard them."""
+"""Private Redis deployments for tests: single servers (plain or TLS only), a master and replica
+behind Sentinel, a three-node Cluster (plain or TLS, with or without a replica). Each is its own
+redis-server processes on spare loopback ports, never the shared Redis, so tests may stop,
+fail over or reshard them."""
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -13,6 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from redis.sentinel import MasterNotFoundError, Sentinel
 
 from .waiting import free_port, wait_for
@@ -166,14 +173,6 @@ class TlsRedis:
 
 def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
     """A certificate for 127.0.0.1, signed by its own key; (certificate, key) files."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = datetime.datetime.now(datetime.UTC)
