@@ -12,6 +12,7 @@ import os
 import shutil
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -181,16 +182,24 @@ def token_store(redis_client: redis.Redis | None) -> Iterator[TokenStore]:
     redis_client.flushdb()
 
 
-@pytest.fixture
-def app(settings: Settings, token_store: TokenStore) -> Iterator[Flask]:
+@contextmanager
+def seeded_app(settings: Settings, store: TokenStore | None = None) -> Iterator[Flask]:
+    """An app on an emptied database with the default roles and the first-party client; its
+    store ``store``, or the one its settings name."""
     _clean_database(settings.resolved_database_url)
-    app = create_app(settings, store=token_store)
+    app = create_app(settings, store=store)
     svc = app.extensions["oidc"]
     with svc.db.session() as session:
         ensure_default_roles(session)
         ensure_first_party_client(session, settings)
     yield app
     svc.db.dispose()
+
+
+@pytest.fixture
+def app(settings: Settings, token_store: TokenStore) -> Iterator[Flask]:
+    with seeded_app(settings, token_store) as app:
+        yield app
 
 
 @pytest.fixture

@@ -22,20 +22,16 @@ import requests
 from flask import Flask
 
 from oidc_server.accounts import create_user
-from oidc_server.app import create_app
-from oidc_server.bootstrap import ensure_default_roles, ensure_first_party_client
 from oidc_server.direct import answerer_for
 from oidc_server.rsgi import build_environ
 from oidc_server.tokens.loop_redis import LoopRedis
 from oidc_server.tokens.loop_redis_cluster import LoopRedisCluster
-from tests.conftest import PASSWORD, _clean_database, make_client, password_login
-from tests.support.cli import settings_env
+from tests.conftest import PASSWORD, make_client, password_login, seeded_app
 from tests.support.direct import app_answer, form_post, token_claims
 from tests.support.redis_deployments import SERVICE, SentinelDeployment
 from tests.support.roles import machine_token, role_id
 from tests.support.rsgi_fakes import Headers, Scope
-from tests.support.server import spawn_server
-from tests.support.waiting import free_port, wait_for
+from tests.support.server import production_server
 
 
 @pytest.fixture(params=["tls", "sentinel", "cluster"])
@@ -49,14 +45,8 @@ def deployed_app(request: pytest.FixtureRequest, settings: Any) -> Iterator[Flas
     else:
         ports: list[int] = request.getfixturevalue("redis_cluster")
         url = "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in ports)
-    _clean_database(settings.resolved_database_url)
-    app = create_app(replace(settings, redis_url=url))
-    svc = app.extensions["oidc"]
-    with svc.db.session() as session:
-        ensure_default_roles(session)
-        ensure_first_party_client(session, settings)
-    yield app
-    svc.db.dispose()
+    with seeded_app(replace(settings, redis_url=url)) as app:
+        yield app
 
 
 def bearer(path: str, token: str, method: str = "GET") -> dict[str, Any]:
@@ -138,26 +128,13 @@ def test_the_production_server_answers_over_http_on_the_deployment(
     with svc.db.session() as session:
         user = create_user(session, svc.hasher, "over-http@example.com", PASSWORD)
     role = role_id(svc, "moderator")
-    port = free_port()
-    env = {
-        **settings_env(svc.settings),  # REDIS_URL: the deployment's
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "WEB_CONCURRENCY": "1",
-        "RATELIMIT_ENABLED": "false",
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
-    }
-    base = f"http://127.0.0.1:{port}"
-    log = tmp_path / "server.log"
-    server = spawn_server(env, log)
-
-    def call(method: str, path: str, **kwargs: Any) -> requests.Response:
-        return requests.request(method, base + path, timeout=30, **kwargs)
-
     basic = (machine.client_id, machine.client_secret)
     public = {"client_id": "cinema-app"}
-    try:
-        wait_for(lambda: _ready(base, server, log), "the production server ready")
+    # The app's settings: its REDIS_URL is the deployment's.
+    with production_server(svc.settings, tmp_path) as server:
+
+        def call(method: str, path: str, **kwargs: Any) -> requests.Response:
+            return requests.request(method, server.url + path, timeout=30, **kwargs)
 
         def token(_: int) -> requests.Response:
             form = {"grant_type": "client_credentials"}
@@ -166,7 +143,7 @@ def test_the_production_server_answers_over_http_on_the_deployment(
         with ThreadPoolExecutor(8) as pool:
             tokens = list(pool.map(token, range(16)))
         assert [t.status_code for t in tokens] == [200] * 16
-        jwks = jwt.PyJWKClient(base + "/.well-known/jwks.json")
+        jwks = jwt.PyJWKClient(server.url + "/.well-known/jwks.json")
         access = tokens[-1].json()["access_token"]
         claims = jwt.decode(
             access,
@@ -196,15 +173,4 @@ def test_the_production_server_answers_over_http_on_the_deployment(
         form = {**public, "grant_type": "refresh_token", "refresh_token": chain[0]}
         reused = call("POST", "/oauth/token", data=form)
         assert reused.status_code == 400 and reused.json()["error"] == "invalid_grant"
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-    assert '"level": "error"' not in log.read_text()
-
-
-def _ready(base: str, server: Any, log: Path) -> bool:
-    assert server.poll() is None, log.read_text()[-3000:]
-    try:
-        return requests.get(base + "/health/ready", timeout=5).status_code == 200
-    except requests.ConnectionError:
-        return False
+    assert '"level": "error"' not in server.log.read_text()

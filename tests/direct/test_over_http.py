@@ -16,10 +16,8 @@ from oidc_server.clients import clients_changed
 from oidc_server.models import OAuthClient
 from oidc_server.tokens.redis_store import RedisTokenStore
 from tests.conftest import PASSWORD, make_client
-from tests.support.cli import settings_env
 from tests.support.roles import role_id
-from tests.support.server import spawn_server
-from tests.support.waiting import free_port, wait_for
+from tests.support.server import production_server
 
 
 def test_tokens_role_checks_and_introspection_through_the_production_server(
@@ -29,19 +27,8 @@ def test_tokens_role_checks_and_introspection_through_the_production_server(
     if not isinstance(services.store, RedisTokenStore):
         pytest.skip("TEST_REDIS_URL not set (CI always sets it)")
     machine = make_client(services)
-    port = free_port()
-    env = {
-        **settings_env(settings),
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "WEB_CONCURRENCY": "1",
-        "RATELIMIT_ENABLED": "false",
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
-    }
-    base = f"http://127.0.0.1:{port}"
-    server = spawn_server(env, tmp_path / "server.log")
-    try:
-        wait_for(lambda: _answers(base, server, tmp_path), "the production server")
+    with production_server(settings, tmp_path) as server:
+        base = server.url
         jwks = jwt.PyJWKClient(base + "/.well-known/jwks.json")
         with requests.Session() as http:
             http.auth = (machine.client_id, machine.client_secret)
@@ -152,10 +139,7 @@ def test_tokens_role_checks_and_introspection_through_the_production_server(
             clients_changed(services.store)
             refused = http.post(base + "/oauth/token", data={"grant_type": "client_credentials"})
             assert refused.status_code == 401
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-    log = (tmp_path / "server.log").read_text()
+    log = server.log.read_text()
     assert machine.client_secret not in log
     assert not any(a.json()["access_token"] in log for a in answers)
     assert not any(token in log for token in chain)
@@ -177,11 +161,3 @@ def _refresh(base: str, refresh_token: str) -> requests.Response:
     return requests.post(
         base + "/oauth/token", data={**form, "refresh_token": refresh_token}, timeout=10
     )
-
-
-def _answers(base: str, server: Any, folder: Path) -> bool:
-    assert server.poll() is None, (folder / "server.log").read_text()[-3000:]
-    try:
-        return requests.get(base + "/health/live", timeout=5).status_code == 200
-    except requests.ConnectionError:
-        return False

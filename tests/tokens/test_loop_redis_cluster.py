@@ -54,6 +54,13 @@ def cluster_client(redis_cluster: list[int]) -> Iterator[RedisCluster]:
     client.close()
 
 
+def on_the_loop(client: RedisCluster) -> LoopRedisCluster:
+    """The loop's connections to ``client``'s cluster (which must be granted)."""
+    loop_redis = LoopRedisCluster.for_client(client)
+    assert loop_redis is not None
+    return loop_redis
+
+
 def key_on(client: RedisCluster, port: int, name: str) -> str:
     """A key named after ``name`` whose slot is on the node at ``port``."""
     for i in range(10_000):
@@ -95,8 +102,7 @@ def test_replies_are_redis_pys_in_the_commands_order_across_the_nodes(
         ("EVALSHA", "0" * 40, 1, c),  # NOSCRIPT, as redis-py raises it
         ("EVAL", "return redis.call('GET', KEYS[1])", 1, b),
     ]
-    loop_redis = LoopRedisCluster.for_client(shared_client)
-    assert loop_redis is not None
+    loop_redis = on_the_loop(shared_client)
 
     replies = asyncio.run(_sent(loop_redis, commands))
 
@@ -116,8 +122,7 @@ def test_replies_are_redis_pys_in_the_commands_order_across_the_nodes(
 def test_the_loop_goes_on_while_a_node_has_not_answered(
     shared_client: RedisCluster, shared_cluster: list[int]
 ) -> None:
-    loop_redis = LoopRedisCluster.for_client(shared_client)
-    assert loop_redis is not None
+    loop_redis = on_the_loop(shared_client)
     keys = [key_on(shared_client, port, "frozen") for port in shared_cluster]
     frozen = process_id(shared_cluster[0])
 
@@ -141,8 +146,7 @@ def test_the_loop_goes_on_while_a_node_has_not_answered(
 def test_a_slot_moved_to_another_node_is_followed_and_learnt(
     cluster_client: RedisCluster, redis_cluster: list[int]
 ) -> None:
-    loop_redis = LoopRedisCluster.for_client(cluster_client)
-    assert loop_redis is not None
+    loop_redis = on_the_loop(cluster_client)
     source, target = redis_cluster[0], redis_cluster[1]
     key = key_on(cluster_client, source, "moving")
     slot = cluster_client.keyslot(key)
@@ -160,8 +164,7 @@ def test_a_slot_moved_to_another_node_is_followed_and_learnt(
 def test_a_node_lost_fails_its_commands_alone(
     cluster_client: RedisCluster, redis_cluster: list[int]
 ) -> None:
-    loop_redis = LoopRedisCluster.for_client(cluster_client)
-    assert loop_redis is not None
+    loop_redis = on_the_loop(cluster_client)
     lost, kept = redis_cluster[0], redis_cluster[1]
     on_lost, on_kept = key_on(cluster_client, lost, "lost"), key_on(cluster_client, kept, "kept")
     cluster_client.set(on_kept, "still here")
@@ -188,8 +191,7 @@ def test_after_a_node_fails_over_the_pipelines_reach_its_replica(tmp_path: Path)
             socket_timeout=2,
             socket_connect_timeout=2,
         )
-        loop_redis = LoopRedisCluster.for_client(client)
-        assert loop_redis is not None
+        loop_redis = on_the_loop(client)
         key = key_on(client, master, "failing-over")
         with redis.Redis(port=master) as written:
             written.set(key, "kept")
@@ -214,6 +216,9 @@ def test_after_a_node_fails_over_the_pipelines_reach_its_replica(tmp_path: Path)
         assert isinstance(lost, redis.ConnectionError)
         assert found == b"kept"
         assert client.nodes_manager.get_node_from_slot(client.keyslot(key)).port == replica
+        # The dead master serves no slot now: its loop connection was forgotten with it.
+        assert f"127.0.0.1:{master}" not in client.nodes_manager.nodes_cache
+        assert f"127.0.0.1:{master}" not in loop_redis._nodes
         client.close()
 
 
@@ -222,8 +227,7 @@ def test_a_cluster_that_is_down_is_unavailable_to_every_command(tmp_path: Path) 
     # redis-py's resend of those gives up too. Unavailable, not an error of the command.
     with cluster_deployment(tmp_path / "cluster", quick_failure=True) as ports:
         client = client_of(ports[1:])
-        loop_redis = LoopRedisCluster.for_client(client)
-        assert loop_redis is not None
+        loop_redis = on_the_loop(client)
         keys = [key_on(client, port, "down") for port in ports]
         asyncio.run(_sent(loop_redis, [("EXISTS", key) for key in keys]))  # connected
         monitor = redis.Redis(port=ports[1])
@@ -251,8 +255,7 @@ def test_a_cluster_over_tls_is_read_on_the_loop_too(tmp_path: Path) -> None:
             ssl_ca_certs=str(tmp_path / "tls-cluster" / "tls" / "cert.pem"),
             socket_timeout=5,
         )
-        loop_redis = LoopRedisCluster.for_client(client)
-        assert loop_redis is not None
+        loop_redis = on_the_loop(client)
         keys = [key_on(client, port, "tls") for port in ports]
         big = "y" * 1_000_000
         commands: list[tuple[Any, ...]] = [("SET", key, big) for key in keys]
@@ -267,7 +270,6 @@ def test_a_cluster_over_tls_is_read_on_the_loop_too(tmp_path: Path) -> None:
 def test_commands_that_cannot_be_routed_are_store_unavailable(
     shared_client: RedisCluster,
 ) -> None:
-    loop_redis = LoopRedisCluster.for_client(shared_client)
-    assert loop_redis is not None
+    loop_redis = on_the_loop(shared_client)
     with pytest.raises(StoreUnavailable):
         asyncio.run(_sent(loop_redis, [("MGET", "one-slot", "another-slot")]))
