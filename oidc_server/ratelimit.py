@@ -198,7 +198,7 @@ def init_app(app: Flask) -> None:
         RATELIMIT_ENABLED=settings.ratelimit_enabled,
         RATELIMIT_STORAGE_URI=storage_uri,
         RATELIMIT_STORAGE_OPTIONS=(
-            {**storage_options, "socket_timeout": 2, "socket_connect_timeout": 2}
+            {"socket_timeout": 2, "socket_connect_timeout": 2, **storage_options}
             if settings.redis_url
             else {}
         ),

@@ -115,6 +115,13 @@ def sentinel(tmp_path: Path) -> Iterator[SentinelDeployment]:
 
 
 @pytest.fixture
+def sentinel_over_tls(tmp_path: Path) -> Iterator[SentinelDeployment]:
+    """As ``sentinel``, every one of them speaking TLS only (``rediss+sentinel://``)."""
+    with sentinel_deployment(tmp_path / "tls-sentinel", tls=True) as deployment:
+        yield deployment
+
+
+@pytest.fixture
 def redis_over_tls(tmp_path: Path) -> Iterator[TlsRedis]:
     """A redis-server of this test's own that speaks TLS only."""
     with tls_redis(tmp_path / "tls-redis") as server:
@@ -126,6 +133,16 @@ def redis_cluster(tmp_path: Path) -> Iterator[list[int]]:
     """A three-node Redis Cluster of this test's own; its nodes' ports."""
     with cluster_deployment(tmp_path / "cluster") as ports:
         yield ports
+
+
+@pytest.fixture
+def tls_cluster_url(tmp_path: Path) -> Iterator[str]:
+    """The ``REDIS_URL`` of a three-node Redis Cluster of this test's own that speaks TLS
+    only, with its private certificate authority (``rediss+cluster://...?ssl_ca_certs=``)."""
+    folder = tmp_path / "tls-cluster"
+    with cluster_deployment(folder, tls=True) as ports:
+        nodes = ",".join(f"127.0.0.1:{port}" for port in ports)
+        yield f"rediss+cluster://{nodes}?ssl_ca_certs={folder / 'tls' / 'cert.pem'}"
 
 
 @pytest.fixture(scope="session")

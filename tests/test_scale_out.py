@@ -460,6 +460,20 @@ def test_connect_finds_the_master_through_sentinel(sentinel: SentinelDeployment)
     _exercise_token_store(client)
 
 
+def test_connect_finds_the_master_through_sentinel_over_tls(
+    sentinel_over_tls: SentinelDeployment,
+) -> None:
+    deployment = sentinel_over_tls
+    client = redis_connect.connect(deployment.url(3), **STORE_OPTIONS)
+    connection = client.connection_pool.get_connection()
+    assert isinstance(connection, redis.sentinel.SentinelManagedSSLConnection)
+    client.connection_pool.release(connection)
+    client.set("scale-out:probe", "via-sentinel-over-tls")
+    stored = deployment.client(deployment.master, db=3).get("scale-out:probe")
+    assert stored == b"via-sentinel-over-tls"
+    _exercise_token_store(client)
+
+
 def test_connect_speaks_to_a_redis_cluster(redis_cluster: list[int]) -> None:
     nodes = ",".join(f"127.0.0.1:{p}" for p in redis_cluster[:2])  # discovery finds the third
     client = redis_connect.connect(f"redis+cluster://{nodes}", **STORE_OPTIONS)
@@ -495,6 +509,59 @@ def test_the_rate_limiter_shares_the_same_cluster(redis_cluster: list[int]) -> N
     assert len(client.keys("*scale-out-limit*", target_nodes="primaries")) == 1
 
 
+def test_connect_speaks_tls_to_a_cluster_trusting_the_urls_authority(
+    tls_cluster_url: str,
+) -> None:
+    client = redis_connect.connect(tls_cluster_url, **STORE_OPTIONS)
+    assert isinstance(client, redis.cluster.RedisCluster)
+    assert len(client.get_primaries()) == 3
+    for node in client.get_primaries():
+        kwargs = node.redis_connection.connection_pool.connection_kwargs
+        assert kwargs["ssl_ca_certs"].endswith("cert.pem")
+    _exercise_token_store(client)
+
+
+def test_the_rate_limiter_shares_the_same_sentinel_over_tls(
+    sentinel_over_tls: SentinelDeployment,
+) -> None:
+    from limits.storage import storage_from_string
+
+    deployment = sentinel_over_tls
+    uri, options = redis_connect.limiter_storage(deployment.url(5))
+    storage = storage_from_string(uri, **options)
+    assert storage.incr("scale-out-limit", 60) == 1
+    stored = deployment.client(deployment.master, db=5).keys("*scale-out-limit*")
+    assert len(stored) == 1
+
+
+def test_the_apps_rate_limiter_takes_the_urls_options_over_its_own(
+    sentinel_over_tls: SentinelDeployment, settings: Settings
+) -> None:
+    from limits.storage import storage_from_string
+
+    from oidc_server.app import create_app
+
+    deployment = sentinel_over_tls
+    url = deployment.url(6) + "&socket_timeout=1.5"
+    app = create_app(replace(settings, redis_url=url))
+    uri = app.config["RATELIMIT_STORAGE_URI"]
+    options = app.config["RATELIMIT_STORAGE_OPTIONS"]
+    assert (options["socket_timeout"], options["socket_connect_timeout"]) == (1.5, 2)
+    assert storage_from_string(uri, **options).incr("scale-out-limit", 60) == 1
+    assert len(deployment.client(deployment.master, db=6).keys("*scale-out-limit*")) == 1
+
+
+def test_the_rate_limiter_shares_the_same_cluster_over_tls(tls_cluster_url: str) -> None:
+    from limits.storage import storage_from_string
+
+    uri, options = redis_connect.limiter_storage(tls_cluster_url)
+    storage = storage_from_string(uri, **options)
+    assert storage.incr("scale-out-limit", 60) == 1
+    assert storage.incr("scale-out-limit", 60) == 2
+    client = redis_connect.connect(tls_cluster_url)
+    assert len(client.keys("*scale-out-limit*", target_nodes="primaries")) == 1
+
+
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
@@ -504,12 +571,68 @@ def test_the_rate_limiter_shares_the_same_cluster(redis_cluster: list[int]) -> N
         ("rediss+cluster://u:pw@h1:7000", ("redis+cluster://u:pw@h1:7000", {"ssl": True})),
         ("redis+sentinel://s1:26379,s2/mymaster", ("redis+sentinel://s1:26379,s2/mymaster", {})),
         ("redis+sentinel://:pw@s1/mymaster/7", ("redis+sentinel://:pw@s1/mymaster", {"db": 7})),
+        (
+            "rediss+cluster://h1:7000?ssl_ca_certs=/ca.pem&socket_timeout=1.5",
+            (
+                "redis+cluster://h1:7000",
+                {"ssl": True, "ssl_ca_certs": "/ca.pem", "socket_timeout": 1.5},
+            ),
+        ),
+        (
+            "redis+sentinel://s1/mymaster/2?socket_connect_timeout=3",
+            (
+                "redis+sentinel://s1/mymaster",
+                {
+                    "db": 2,
+                    "socket_connect_timeout": 3.0,
+                    "sentinel_kwargs": {"socket_connect_timeout": 3.0},
+                },
+            ),
+        ),
+        (
+            "rediss+sentinel://:pw@s1,s2/mymaster?ssl_ca_certs=/ca.pem&ssl_check_hostname=true",
+            (
+                "redis+sentinel://:pw@s1,s2/mymaster",
+                {
+                    "ssl_ca_certs": "/ca.pem",
+                    "ssl_check_hostname": True,
+                    "ssl": True,
+                    "sentinel_kwargs": {
+                        "ssl_ca_certs": "/ca.pem",
+                        "ssl_check_hostname": True,
+                        "ssl": True,
+                    },
+                },
+            ),
+        ),
     ],
 )
 def test_limiter_storage_translates_urls_limits_reads_differently(
     url: str, expected: tuple[str, dict[str, Any]]
 ) -> None:
     assert redis_connect.limiter_storage(url) == expected
+
+
+def test_a_tls_sentinel_urls_options_reach_the_sentinels_and_the_master() -> None:
+    # Building the client does not connect. The URL's options win over the code's, as in
+    # redis-py's own URLs; TLS and its authority apply to the Sentinels too.
+    client = redis_connect.connect(
+        "rediss+sentinel://s1:26379/cache?ssl_ca_certs=/etc/ca.pem&socket_timeout=0.5",
+        socket_timeout=2,
+        socket_connect_timeout=2,
+    )
+    pool = client.connection_pool
+    assert pool.connection_class is redis.sentinel.SentinelManagedSSLConnection
+    assert pool.connection_kwargs["ssl_ca_certs"] == "/etc/ca.pem"
+    assert pool.connection_kwargs["socket_timeout"] == 0.5
+    (sentinel,) = pool.sentinel_manager.sentinels
+    assert sentinel.connection_pool.connection_class is redis.SSLConnection
+    sentinel_kwargs = sentinel.connection_pool.connection_kwargs
+    assert (sentinel_kwargs["ssl_ca_certs"], sentinel_kwargs["socket_timeout"]) == (
+        "/etc/ca.pem",
+        0.5,
+    )
+    assert sentinel_kwargs["socket_connect_timeout"] == 2
 
 
 def test_a_sentinel_url_names_every_sentinel_the_service_and_the_database() -> None:
@@ -542,10 +665,23 @@ def test_a_sentinel_url_names_every_sentinel_the_service_and_the_database() -> N
         "redis+sentinel://:secret-pw@/svc",
         "redis+sentinel://:secret-pw@h1:port/svc",
         "redis+cluster://:secret-pw@h1:7000/3",
-        "redis+cluster://:secret-pw@h1:7000?ssl_cert_reqs=none",
+        "redis+cluster://:secret-pw@h1:7000?ssl_cert_reqs=none",  # TLS options need rediss+
+        "redis+sentinel://:secret-pw@h1/svc?ssl_ca_certs=/ca.pem",
+        "rediss+cluster://:secret-pw@h1:7000?ssl_ca_cert=/ca.pem",  # a misspelt option
+        "rediss+cluster://:secret-pw@h1:7000?ssl_cert_reqs=secret-pw",
+        "rediss+cluster://:secret-pw@h1:7000?ssl_ca_certs=",
+        "redis+cluster://:secret-pw@h1:7000?socket_timeout=secret-pw",
+        "redis+cluster://:secret-pw@h1:7000?socket_timeout=nan",
+        "redis+cluster://:secret-pw@h1:7000?socket_timeout=-1",
+        "redis+cluster://:secret-pw@h1:7000?socket_keepalive=maybe",
+        "redis+cluster://:secret-pw@h1:7000?socket_timeout=1&socket_timeout=2",
+        "redis+cluster://:secret-pw@h1:7000?secret-pw",
+        "redis+cluster://:secret-pw@h1:7000#secret-pw",
+        "rediss+sentinel://:secret-pw@h1",
     ],
 )
 def test_bad_urls_are_refused_without_echoing_the_password(url: str) -> None:
-    with pytest.raises(redis_connect.RedisUrlError) as refused:
-        redis_connect.connect(url)
-    assert "secret-pw" not in str(refused.value)
+    for reader in (redis_connect.connect, redis_connect.limiter_storage):
+        with pytest.raises(redis_connect.RedisUrlError) as refused:
+            reader(url)
+        assert "secret-pw" not in str(refused.value)

@@ -42,21 +42,25 @@ from typing import Any
 import hiredis
 import redis
 from redis._parsers.base import BaseParser
-from redis.sentinel import SentinelConnectionPool, SentinelManagedConnection
+from redis.sentinel import (
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+    SentinelManagedSSLConnection,
+)
 
 from .store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 #: Pools and connection classes of one server: a single server's, and the master's behind
-#: Sentinel. Not Sentinel over TLS, which no ``REDIS_URL`` names (``redis_connect``): it is
-#: tested nowhere, so redis-py sends its round trips.
+#: Sentinel, each over TCP or TLS (and a single server over a unix socket).
 _POOLS = (redis.ConnectionPool, SentinelConnectionPool)
 _CONNECTIONS = (
     redis.Connection,
     redis.SSLConnection,
     redis.UnixDomainSocketConnection,
     SentinelManagedConnection,
+    SentinelManagedSSLConnection,
 )
 #: A non-blocking socket that cannot go on now (TLS: until the socket is ready again).
 _NOT_NOW = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)

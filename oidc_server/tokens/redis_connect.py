@@ -5,21 +5,30 @@ flask-limiter) understands, so one ``REDIS_URL`` serves the token store and the 
 
 - ``redis://[[user]:password@]host[:port][/db]``, ``rediss://...`` (TLS), ``unix:///path?db=N``:
   one server, as ``redis.Redis.from_url`` reads it (query options included).
-- ``redis+cluster://[[user]:password@]host:port[,host:port...]``, ``rediss+cluster://...`` (TLS):
-  a Redis Cluster. The nodes listed are only where discovery starts; a cluster has database 0
-  only. The token store keeps each session's keys on one slot (hash tags), so its scripts work.
-- ``redis+sentinel://[[user]:password@]host:port[,host:port...]/service_name[/db]``: the master
-  that the Sentinels name ``service_name``, looked up again after a failover. The credentials
-  are used for the Sentinels and the master alike, as ``limits`` does.
+- ``redis+cluster://[[user]:password@]host:port[,host:port...][?option=value&...]``,
+  ``rediss+cluster://...`` (TLS): a Redis Cluster. The nodes listed are only where discovery
+  starts; a cluster has database 0 only. The token store keeps each session's keys on one slot
+  (hash tags), so its scripts work.
+- ``redis+sentinel://[[user]:password@]host:port[,host:port...]/service_name[/db][?option=...]``,
+  ``rediss+sentinel://...`` (TLS to the Sentinels and the master alike): the master that the
+  Sentinels name ``service_name``, looked up again after a failover. The credentials are used
+  for the Sentinels and the master alike, as ``limits`` does.
 
-Error messages name the scheme only: a URL can hold a password.
+The query of a Cluster or Sentinel URL takes the connection options of ``CONNECTION_OPTIONS``
+and, with TLS, of ``TLS_OPTIONS`` (a private CA: ``?ssl_ca_certs=/path/ca.pem``), spelt as
+redis-py spells them in a single server's URL; any other is refused rather than ignored. As in
+redis-py's own URLs, an option in the URL wins over the same option given by the code.
+
+Error messages name the scheme or an option, never a value: a URL can hold a password.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
@@ -27,7 +36,7 @@ from redis.exceptions import ClusterDownError
 from redis.sentinel import Sentinel
 
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
-SENTINEL_SCHEMES = ("redis+sentinel",)
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 SINGLE_SCHEMES = ("redis", "rediss", "unix")
 DEFAULT_PORT = 6379
 DEFAULT_SENTINEL_PORT = 26379
@@ -35,14 +44,71 @@ DEFAULT_SENTINEL_PORT = 26379
 #: slow, or a Cluster down (``CLUSTERDOWN`` still, after redis-py's retries). Callers answer
 #: these as the store being unavailable (503), never as a failure of the request itself.
 UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, ClusterDownError)
-#: Options that also apply to the connections to the Sentinels themselves.
+#: Options that also apply to the connections to the Sentinels themselves (and, with TLS,
+#: every one of ``TLS_OPTIONS``: one URL, one certificate authority).
 _SENTINEL_CONNECTION_OPTIONS = ("socket_timeout", "socket_connect_timeout")
-
-RedisClient = redis.Redis | RedisCluster
 
 
 class RedisUrlError(ValueError):
     """``REDIS_URL`` cannot be understood."""
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(text)
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+def _flag(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("true", "yes", "1"):
+        return True
+    if lowered in ("false", "no", "0"):
+        return False
+    raise ValueError(text)
+
+
+def _one_of(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in allowed:
+            raise ValueError(text)
+        return text
+
+    return parse
+
+
+def _text(text: str) -> str:
+    if not text:
+        raise ValueError(text)
+    return text
+
+
+#: Query options of a Cluster or Sentinel URL, with how each value is read.
+CONNECTION_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "socket_timeout": _seconds,
+    "socket_connect_timeout": _seconds,
+    "socket_keepalive": _flag,
+    "health_check_interval": _count,
+}
+#: Query options of a ``rediss+cluster://`` or ``rediss+sentinel://`` URL only.
+TLS_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "ssl_ca_certs": _text,
+    "ssl_ca_path": _text,
+    "ssl_certfile": _text,
+    "ssl_keyfile": _text,
+    "ssl_cert_reqs": _one_of("none", "optional", "required"),
+    "ssl_check_hostname": _flag,
+}
+
+RedisClient = redis.Redis | RedisCluster
 
 
 @dataclass(frozen=True)
@@ -52,6 +118,12 @@ class _MultiHostUrl:
     password: str | None
     hosts: list[tuple[str, int]]
     path: list[str]
+    #: The query's options, read (``CONNECTION_OPTIONS``, ``TLS_OPTIONS``).
+    options: dict[str, Any]
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme.startswith("rediss+")
 
 
 def scheme_of(url: str) -> str:
@@ -79,8 +151,8 @@ def _parse_multi_host(url: str, default_port: int) -> _MultiHostUrl:
     """Split a URL whose host part lists several ``host:port`` (urllib reads only one)."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
-    if parts.query or parts.fragment:
-        raise RedisUrlError(f"{scheme}:// URL takes no query or fragment")
+    if parts.fragment:
+        raise RedisUrlError(f"{scheme}:// URL takes no fragment")
     userinfo, _, hostlist = parts.netloc.rpartition("@")
     username = password = None
     if userinfo:
@@ -91,7 +163,28 @@ def _parse_multi_host(url: str, default_port: int) -> _MultiHostUrl:
     if not hosts:
         raise RedisUrlError(f"{scheme}:// URL names no host")
     path = [unquote(p) for p in parts.path.split("/") if p]
-    return _MultiHostUrl(scheme, username, password, hosts, path)
+    options = _query_options(parts.query, scheme)
+    return _MultiHostUrl(scheme, username, password, hosts, path, options)
+
+
+def _query_options(query: str, scheme: str) -> dict[str, Any]:
+    allowed = {**CONNECTION_OPTIONS, **(TLS_OPTIONS if scheme.startswith("rediss+") else {})}
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError:
+        raise RedisUrlError(f"{scheme}:// URL has a query that is not name=value pairs") from None
+    options: dict[str, Any] = {}
+    for name, text in pairs:
+        if name not in allowed:
+            hint = " (TLS options need rediss+)" if name in TLS_OPTIONS else ""
+            raise RedisUrlError(f"{scheme}:// URL has an unknown option {name!r}{hint}")
+        if name in options:
+            raise RedisUrlError(f"{scheme}:// URL gives the option {name!r} twice")
+        try:
+            options[name] = allowed[name](text)
+        except ValueError:
+            raise RedisUrlError(f"{scheme}:// URL has a bad value for {name!r}") from None
+    return options
 
 
 def _auth(parsed: _MultiHostUrl) -> dict[str, Any]:
@@ -103,16 +196,25 @@ def _auth(parsed: _MultiHostUrl) -> dict[str, Any]:
     return auth
 
 
+def _parse_cluster(url: str) -> _MultiHostUrl:
+    parsed = _parse_multi_host(url, DEFAULT_PORT)
+    if parsed.path not in ([], ["0"]):
+        raise RedisUrlError(
+            f"{parsed.scheme}:// URL may name database 0 only (a cluster has no other)"
+        )
+    return parsed
+
+
 def _sentinel_target(parsed: _MultiHostUrl) -> tuple[str, int]:
     """The service name and database number of a Sentinel URL's path."""
     if not parsed.path or len(parsed.path) > 2:
         raise RedisUrlError(
-            "redis+sentinel:// URL needs a path of /service_name or /service_name/db"
+            f"{parsed.scheme}:// URL needs a path of /service_name or /service_name/db"
         )
     db = 0
     if len(parsed.path) == 2:
         if not parsed.path[1].isdigit():
-            raise RedisUrlError("redis+sentinel:// URL has a database that is not a number")
+            raise RedisUrlError(f"{parsed.scheme}:// URL has a database that is not a number")
         db = int(parsed.path[1])
     return parsed.path[0], db
 
@@ -123,24 +225,23 @@ def connect(url: str, **options: Any) -> RedisClient:
     if scheme in SINGLE_SCHEMES:
         return redis.Redis.from_url(url, **options)
     if scheme in CLUSTER_SCHEMES:
-        parsed = _parse_multi_host(url, DEFAULT_PORT)
-        if parsed.path not in ([], ["0"]):
-            raise RedisUrlError(
-                f"{scheme}:// URL may name database 0 only (a cluster has no other)"
-            )
+        parsed = _parse_cluster(url)
         return RedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in parsed.hosts],
-            ssl=scheme.startswith("rediss"),
+            ssl=parsed.tls,
             **_auth(parsed),
-            **options,
+            **{**options, **parsed.options},
         )
     if scheme in SENTINEL_SCHEMES:
         parsed = _parse_multi_host(url, DEFAULT_SENTINEL_PORT)
         service, db = _sentinel_target(parsed)
         auth = _auth(parsed)
-        sentinel_options = {k: v for k, v in options.items() if k in _SENTINEL_CONNECTION_OPTIONS}
+        master_options = {**options, **parsed.options, **({"ssl": True} if parsed.tls else {})}
         sentinel = Sentinel(
-            parsed.hosts, sentinel_kwargs={**auth, **sentinel_options}, **auth, **options
+            parsed.hosts,
+            sentinel_kwargs={**auth, **_sentinel_options(master_options)},
+            **auth,
+            **master_options,
         )
         # master_for's client asks the Sentinels for the master on each new connection, so
         # after a failover the next command reaches the new master.
@@ -151,25 +252,38 @@ def connect(url: str, **options: Any) -> RedisClient:
 def limiter_storage(url: str) -> tuple[str, dict[str, Any]]:
     """Flask-Limiter's ``RATELIMIT_STORAGE_URI`` and ``RATELIMIT_STORAGE_OPTIONS`` for ``url``.
 
-    ``limits`` reads the single-server and cluster forms as they are, but takes TLS to a
-    cluster as an option and has no database in a Sentinel URL (it would join the service
-    name and the number), so those two are rewritten.
+    ``limits`` reads a single server's URL as redis-py does. Of a Cluster or Sentinel URL it
+    reads the hosts, credentials and service name only: TLS, the query's options and a
+    Sentinel's database are handed to it as options instead.
     """
     scheme = scheme_of(url)
-    if scheme in SINGLE_SCHEMES or scheme == "redis+cluster":
+    if scheme in SINGLE_SCHEMES:
         return url, {}
-    if scheme == "rediss+cluster":
-        return "redis+cluster://" + url.partition("://")[2], {"ssl": True}
+    netloc = urlsplit(url).netloc
+    if scheme in CLUSTER_SCHEMES:
+        parsed = _parse_cluster(url)
+        tls = {"ssl": True} if parsed.tls else {}
+        return f"redis+cluster://{netloc}", {**tls, **parsed.options}
     if scheme in SENTINEL_SCHEMES:
         parsed = _parse_multi_host(url, DEFAULT_SENTINEL_PORT)
         service, db = _sentinel_target(parsed)
-        netloc = urlsplit(url).netloc
-        return f"redis+sentinel://{netloc}/{service}", ({"db": db} if db else {})
+        options: dict[str, Any] = {**({"db": db} if db else {}), **parsed.options}
+        if parsed.tls:
+            options["ssl"] = True
+        if sentinels := _sentinel_options(options):
+            options["sentinel_kwargs"] = sentinels
+        return f"redis+sentinel://{netloc}/{service}", options
     raise _unsupported(scheme)
+
+
+def _sentinel_options(master_options: dict[str, Any]) -> dict[str, Any]:
+    """Of the options for the master's connections, those for the Sentinels' too."""
+    shared = (*_SENTINEL_CONNECTION_OPTIONS, "ssl", *TLS_OPTIONS)
+    return {k: v for k, v in master_options.items() if k in shared}
 
 
 def _unsupported(scheme: str) -> RedisUrlError:
     return RedisUrlError(
         f"unsupported REDIS_URL scheme {scheme!r}: use redis://, rediss://, unix://, "
-        "redis+cluster://, rediss+cluster:// or redis+sentinel://"
+        "redis+cluster://, rediss+cluster://, redis+sentinel:// or rediss+sentinel://"
     )

@@ -1,5 +1,6 @@
-"""The direct answers on a Redis over TLS, behind Sentinel and on a Redis Cluster
-(``REDIS_URL`` of ``rediss://``, ``redis+sentinel://`` and ``redis+cluster://``): the worker's
+"""The direct answers on a Redis over TLS, behind Sentinel over TLS and on a Redis Cluster,
+plain or over TLS (``REDIS_URL`` of ``rediss://``, ``rediss+sentinel://``, ``redis+cluster://``
+and ``rediss+cluster://``, each TLS one with its private CA in the query): the worker's
 round trips go on its event loop there too (``tokens.loop_redis``,
 ``tokens.loop_redis_cluster``), so a token, an introspection, ``/users/me``, a role check and
 a refresh made together are all answered directly, their reads gathered (on a Cluster, one
@@ -28,23 +29,24 @@ from oidc_server.tokens.loop_redis import LoopRedis
 from oidc_server.tokens.loop_redis_cluster import LoopRedisCluster
 from tests.conftest import PASSWORD, make_client, password_login, seeded_app
 from tests.support.direct import app_answer, form_post, token_claims
-from tests.support.redis_deployments import SERVICE, SentinelDeployment
 from tests.support.roles import machine_token, role_id
 from tests.support.rsgi_fakes import Headers, Scope
 from tests.support.server import production_server
 
 
-@pytest.fixture(params=["tls", "sentinel", "cluster"])
+@pytest.fixture(params=["tls", "tls-sentinel", "cluster", "tls-cluster"])
 def deployed_app(request: pytest.FixtureRequest, settings: Any) -> Iterator[Flask]:
-    """The app on a Redis deployment of this test's own, as ``REDIS_URL`` names it."""
+    """The app on a Redis deployment of this test's own, as ``REDIS_URL`` names it (over TLS
+    with the deployment's private certificate authority in the URL's query)."""
     if request.param == "tls":
         url = request.getfixturevalue("redis_over_tls").url(2)
-    elif request.param == "sentinel":
-        deployment: SentinelDeployment = request.getfixturevalue("sentinel")
-        url = f"redis+sentinel://127.0.0.1:{deployment.sentinel}/{SERVICE}/2"
-    else:
+    elif request.param == "tls-sentinel":
+        url = request.getfixturevalue("sentinel_over_tls").url(2)
+    elif request.param == "cluster":
         ports: list[int] = request.getfixturevalue("redis_cluster")
         url = "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in ports)
+    else:
+        url = request.getfixturevalue("tls_cluster_url")
     with seeded_app(replace(settings, redis_url=url)) as app:
         yield app
 

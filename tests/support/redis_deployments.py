@@ -1,7 +1,7 @@
-"""Private Redis deployments for tests: single servers (plain or TLS only), a master and replica
-behind Sentinel, a three-node Cluster (plain or TLS, with or without a replica). Each is its own
-redis-server processes on spare loopback ports, never the shared Redis, so tests may stop,
-fail over or reshard them."""
+"""Private Redis deployments for tests: single servers (plain or TLS only), a master and
+replica behind Sentinel (plain or TLS only), a three-node Cluster (plain or TLS, with or
+without a replica). Each is its own redis-server processes on spare loopback ports, never the
+shared Redis, so tests may stop, fail over or reshard them."""
 
 from __future__ import annotations
 
@@ -88,21 +88,40 @@ def stop(process: subprocess.Popen[Any]) -> None:
 
 @dataclass(frozen=True)
 class SentinelDeployment:
-    """Ports of one Sentinel, the master it watches as ``SERVICE`` and that master's replica."""
+    """Ports of one Sentinel, the master it watches as ``SERVICE`` and that master's replica;
+    with TLS, every one of them speaks TLS only and ``client_options`` reach them."""
 
     sentinel: int
     master: int
     replica: int
     processes: dict[int, subprocess.Popen[bytes]]
+    client_options: dict[str, Any]
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.client_options)
+
+    def url(self, db: int = 0) -> str:
+        """The ``REDIS_URL`` of the master, found through the Sentinel."""
+        scheme = "rediss+sentinel" if self.tls else "redis+sentinel"
+        query = f"?ssl_ca_certs={self.client_options['ssl_ca_certs']}" if self.tls else ""
+        return f"{scheme}://127.0.0.1:{self.sentinel}/{SERVICE}/{db}{query}"
+
+    def client(self, port: int, db: int = 0) -> redis.Redis:
+        """A client of the Sentinel's, the master's or the replica's ``port``."""
+        return redis.Redis(
+            host="127.0.0.1", port=port, db=db, socket_connect_timeout=0.5, **self.client_options
+        )
 
     def sentinel_client(self) -> redis.Redis:
-        return redis.Redis(port=self.sentinel, socket_connect_timeout=0.5)
+        return self.client(self.sentinel)
 
     def named_master(self) -> int | None:
         """The port of the master the Sentinel names now, as redis-py's clients find it (a
         master the Sentinel has just promoted is not named until it sees it a master)."""
+        sentinel = Sentinel([("127.0.0.1", self.sentinel)], sentinel_kwargs=self.client_options)
         try:
-            return Sentinel([("127.0.0.1", self.sentinel)]).discover_master(SERVICE)[1]
+            return sentinel.discover_master(SERVICE)[1]
         except MasterNotFoundError:
             return None
 
@@ -114,19 +133,38 @@ class SentinelDeployment:
 
 
 @contextmanager
-def sentinel_deployment(folder: Path) -> Iterator[SentinelDeployment]:
+def sentinel_deployment(folder: Path, *, tls: bool = False) -> Iterator[SentinelDeployment]:
     """A master, its replica and one Sentinel watching them (quorum 1, a master that has not
-    answered for a second is down)."""
+    answered for a second is down). With ``tls``, all three speak TLS only, to clients and to
+    each other, with the certificate ``folder / "tls/cert.pem"``."""
     # No wait before the replica's first sync, none for a replica when stopping.
-    quick = ("--repl-diskless-sync-delay", "0", "--shutdown-on-sigterm", "now")
-    master, master_port = start_redis(folder / "master", *quick)
-    replica, replica_port = start_redis(
-        folder / "replica", *quick, "--replicaof", "127.0.0.1", str(master_port)
+    quick = ["--repl-diskless-sync-delay", "0", "--shutdown-on-sigterm", "now"]
+    client: dict[str, Any] = {}
+
+    def tls_node(port: int) -> list[str]:
+        nonlocal client
+        if not tls:
+            return []
+        server, client = tls_options(folder / "tls", port)
+        return [*server, "--tls-replication", "yes"]
+
+    master_port = free_port()
+    master, _ = start_redis(
+        folder / "master", *quick, *tls_node(master_port), port=master_port, client_options=client
     )
+    replica_port = free_port()
+    replica, _ = start_redis(
+        folder / "replica", *quick, *tls_node(replica_port),
+        "--replicaof", "127.0.0.1", str(master_port), port=replica_port, client_options=client,
+    )  # fmt: skip
     sentinel_port = free_port()
+    # A config file's lines are redis-server's options without their dashes; the TLS ones come
+    # after "port", so that their "port 0" wins.
+    words = tls_node(sentinel_port)
+    sentinel_tls = "".join(f"{words[i][2:]} {words[i + 1]}\n" for i in range(0, len(words), 2))
     config = folder / "sentinel.conf"  # Sentinel rewrites its own config file
     config.write_text(
-        f"port {sentinel_port}\nbind 127.0.0.1\ndir {folder}\n"
+        f"port {sentinel_port}\nbind 127.0.0.1\ndir {folder}\n{sentinel_tls}"
         f"sentinel monitor {SERVICE} 127.0.0.1 {master_port} 1\n"
         f"sentinel down-after-milliseconds {SERVICE} 1000\n"
     )
@@ -136,23 +174,27 @@ def sentinel_deployment(folder: Path) -> Iterator[SentinelDeployment]:
         stderr=subprocess.DEVNULL,
     )
     deployment = SentinelDeployment(
-        sentinel_port, master_port, replica_port, {master_port: master, replica_port: replica}
+        sentinel_port,
+        master_port,
+        replica_port,
+        {master_port: master, replica_port: replica},
+        client,
     )
     try:
-        client = deployment.sentinel_client()
+        asked = deployment.sentinel_client()
 
         def knows_both() -> bool:
             assert process.poll() is None, "redis sentinel exited"
             try:
-                replicas = client.sentinel_slaves(SERVICE)
-                return client.sentinel_get_master_addr_by_name(SERVICE) is not None and any(
+                replicas = asked.sentinel_slaves(SERVICE)
+                return asked.sentinel_get_master_addr_by_name(SERVICE) is not None and any(
                     r["port"] == replica_port and r["master-link-status"] == "ok" for r in replicas
                 )
             except redis.ConnectionError:
                 return False
 
         wait_for(knows_both, "the Sentinel knowing its master and replica", deadline=30)
-        client.close()
+        asked.close()
         yield deployment
     finally:
         stop(process)

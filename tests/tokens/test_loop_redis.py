@@ -35,8 +35,10 @@ def test_a_single_server_over_tcp_tls_or_a_unix_socket_is_read_on_the_loop() -> 
         assert isinstance(LoopRedis.for_client(redis.Redis.from_url(url)), LoopRedis)
 
 
-def test_the_master_behind_sentinel_is_read_on_the_loop() -> None:
-    master = Sentinel([("127.0.0.1", 1)]).master_for("svc")  # asks nothing until it connects
+@pytest.mark.parametrize("tls", [False, True], ids=["TCP", "TLS"])
+def test_the_master_behind_sentinel_is_read_on_the_loop(tls: bool) -> None:
+    sentinel = Sentinel([("127.0.0.1", 1)])
+    master = sentinel.master_for("svc", ssl=tls)  # asks nothing until it connects
     assert isinstance(LoopRedis.for_client(master), LoopRedis)
 
 
@@ -44,9 +46,6 @@ def test_the_master_behind_sentinel_is_read_on_the_loop() -> None:
     "made",
     [
         pytest.param(lambda: Sentinel([("127.0.0.1", 1)]).slave_for("svc"), id="replicas"),
-        pytest.param(
-            lambda: Sentinel([("127.0.0.1", 1)]).master_for("svc", ssl=True), id="Sentinel TLS"
-        ),
         pytest.param(
             lambda: redis.Redis.from_url("redis://127.0.0.1:1/0", decode_responses=True),
             id="decoded replies",
@@ -267,8 +266,9 @@ def test_over_tls_a_connection_redis_closes_is_noticed_and_replaced(
 
 
 def _through_sentinel(deployment: SentinelDeployment) -> LoopRedis:
-    sentinel = Sentinel([("127.0.0.1", deployment.sentinel)], socket_timeout=2)
-    loop_redis = LoopRedis.for_client(sentinel.master_for(SERVICE, socket_timeout=2))
+    tls = {**deployment.client_options, "socket_timeout": 2}
+    sentinel = Sentinel([("127.0.0.1", deployment.sentinel)], sentinel_kwargs=tls, **tls)
+    loop_redis = LoopRedis.for_client(sentinel.master_for(SERVICE))
     assert loop_redis is not None
     return loop_redis
 
@@ -284,9 +284,11 @@ def test_behind_sentinel_the_pipelines_reach_the_master_it_names(
     assert replies[1]["tcp_port"] == sentinel.master
 
 
+@pytest.mark.parametrize("deployment", ["sentinel", "sentinel_over_tls"])
 def test_after_a_failover_the_next_pipeline_reaches_the_new_master(
-    sentinel: SentinelDeployment,
+    deployment: str, request: pytest.FixtureRequest
 ) -> None:
+    sentinel: SentinelDeployment = request.getfixturevalue(deployment)
     loop_redis = _through_sentinel(sentinel)
 
     async def across_the_failover() -> tuple[Any, list[Any]]:
@@ -294,12 +296,13 @@ def test_after_a_failover_the_next_pipeline_reaches_the_new_master(
         sentinel.kill_master()
         lost = await asyncio.gather(loop_redis.send([("PING",)]), return_exceptions=True)
         wait_for(lambda: sentinel.named_master() == sentinel.replica, "the failover")
-        return lost[0], await loop_redis.send([("SET", "loop:after", "1"), ("INFO", "server")])
+        where = ("CONFIG", "GET", "tls-port" if sentinel.tls else "port")
+        return lost[0], await loop_redis.send([("SET", "loop:after", "1"), where])
 
     lost, (stored, server) = asyncio.run(across_the_failover())
     assert isinstance(lost, StoreUnavailable)  # the old master, gone
-    assert stored is True and server["tcp_port"] == sentinel.replica
-    assert redis.Redis(port=sentinel.replica).get("loop:after") == b"1"
+    assert stored is True and int(*server.values()) == sentinel.replica
+    assert sentinel.client(sentinel.replica).get("loop:after") == b"1"
 
 
 def test_a_master_demoted_behind_the_sentinels_back_drops_the_connection(
