@@ -161,26 +161,43 @@ def test_a_slot_moved_to_another_node_is_followed_and_learnt(
     assert cluster_client.nodes_manager.get_node_from_slot(slot).port == target
 
 
-def test_a_node_lost_fails_its_commands_alone(
+def test_a_node_lost_fails_its_commands_alone_and_the_map_is_reread_once_a_second(
     cluster_client: RedisCluster, redis_cluster: list[int]
 ) -> None:
     loop_redis = on_the_loop(cluster_client)
     lost, kept = redis_cluster[0], redis_cluster[1]
     on_lost, on_kept = key_on(cluster_client, lost, "lost"), key_on(cluster_client, kept, "kept")
     cluster_client.set(on_kept, "still here")
+    rereads: list[float] = []
+    reread = cluster_client.nodes_manager.initialize
 
-    async def node_killed() -> tuple[list[Any], list[Any]]:
+    def counted_reread(*args: Any, **kwargs: Any) -> Any:
+        rereads.append(asyncio.get_running_loop().time())
+        return reread(*args, **kwargs)
+
+    cluster_client.nodes_manager.initialize = counted_reread  # type: ignore[method-assign]
+
+    async def node_killed() -> tuple[list[Any], list[Any], list[list[Any]]]:
         await loop_redis.send([("EXISTS", on_lost), ("EXISTS", on_kept)])
         os.kill(process_id(lost), signal.SIGKILL)
         during = await loop_redis.send([("GET", on_lost), ("GET", on_kept)])
         # The next pipeline reads the slot map again first (a live node answers it).
         after = await loop_redis.send([("GET", on_kept)])
-        return during, after
+        # The map still names the lost node (no replica took over), so its commands keep
+        # failing; each failure asks for a reread, made at most once a second.
+        still = [await loop_redis.send([("GET", on_lost), ("GET", on_kept)]) for _ in range(5)]
+        assert len(rereads) == 1
+        await asyncio.sleep(SLOTS_RELOAD_INTERVAL)
+        still.append(await loop_redis.send([("GET", on_kept)]))
+        return during, after, still
 
-    during, after = asyncio.run(node_killed())
+    during, after, still = asyncio.run(node_killed())
     assert isinstance(during[0], redis.ConnectionError)
     assert during[1] == b"still here"
     assert after == [b"still here"]
+    assert all(isinstance(s[0], redis.ConnectionError) for s in still[:5])
+    assert [s[-1] for s in still] == [b"still here"] * 6
+    assert len(rereads) == 2 and rereads[1] - rereads[0] >= SLOTS_RELOAD_INTERVAL
 
 
 def test_after_a_node_fails_over_the_pipelines_reach_its_replica(tmp_path: Path) -> None:
