@@ -155,6 +155,13 @@ class Settings:
             raise ConfigError("APP_ENV must be development, test or production")
         if self.access_token_ttl <= 0 or self.refresh_token_ttl <= 0:
             raise ConfigError("token lifetimes must be positive")
+        if self.redis_url:
+            from .tokens.redis_connect import RedisUrlError, check_url
+
+            try:
+                check_url(self.redis_url)
+            except RedisUrlError as refused:
+                raise ConfigError(f"REDIS_URL: {refused}") from None
         if not self.is_production:
             return
         if len(self.secret_key) < 32:

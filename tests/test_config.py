@@ -45,6 +45,25 @@ def test_nonsense_is_refused(env: dict[str, str], tmp_path: Path) -> None:
         Settings.from_env({**env, "INSTANCE_DIR": str(tmp_path)})
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "memcached://:secret-pw@h",
+        "redis://:secret-pw@h:6379/0?db=secret-pw",
+        "redis+cluster://:secret-pw@h1:7000?ssl_ca_cert=/ca.pem",
+        "redis+sentinel://:secret-pw@h1:26379",
+    ],
+)
+def test_a_redis_url_that_cannot_be_understood_is_refused_without_its_password(
+    url: str, tmp_path: Path
+) -> None:
+    # In any environment, before anything connects: the CLI and each worker would fail later.
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({"REDIS_URL": url, "INSTANCE_DIR": str(tmp_path)})
+    assert str(refused.value).startswith("REDIS_URL: ")
+    assert "secret-pw" not in str(refused.value)
+
+
 def test_a_dev_secret_key_is_generated_once_and_private(tmp_path: Path) -> None:
     first = Settings.from_env({"INSTANCE_DIR": str(tmp_path)})
     second = Settings.from_env({"INSTANCE_DIR": str(tmp_path)})

@@ -538,8 +538,22 @@ def test_a_port_something_listens_on_is_refused(tmp_path: Path, signing_key_file
     assert f"cannot listen on 127.0.0.1:{port}" in refused.stderr
 
 
+@pytest.mark.parametrize(
+    ("setting", "line"),
+    [
+        ({}, "Error: APP_ENV=production needs SECRET_KEY of at least 32 characters"),
+        (
+            {
+                "SECRET_KEY": "k" * 40,
+                "REDIS_URL": "rediss+cluster://:secret-pw@127.0.0.1:1?ssl_ca_cert=/ca.pem",
+            },
+            "Error: REDIS_URL: rediss+cluster:// URL has an unknown option 'ssl_ca_cert'",
+        ),
+    ],
+    ids=["no secret key", "a misspelt REDIS_URL option"],
+)
 def test_a_setting_the_app_refuses_stops_the_server_with_one_line(
-    tmp_path: Path, signing_key_file: Path
+    tmp_path: Path, signing_key_file: Path, setting: dict[str, str], line: str
 ) -> None:
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("TEST_", "WEB_", "SECRET"))},
@@ -547,16 +561,16 @@ def test_a_setting_the_app_refuses_stops_the_server_with_one_line(
         "PORT": str(free_port()),
         "APP_ENV": "production",
         "DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:1/unused",
+        "REDIS_URL": "redis://127.0.0.1:1/0",
         "OIDC_KEYS_DIR": str(signing_key_file.parent),
         "INSTANCE_DIR": str(tmp_path / "instance"),
+        **setting,
     }
     refused = subprocess.run(
         COMMAND, cwd=ROOT, env=env, capture_output=True, text=True, timeout=PATIENCE * 3
     )
     assert refused.returncode != 0
-    assert refused.stderr.strip().splitlines() == [
-        "Error: APP_ENV=production needs SECRET_KEY of at least 32 characters"
-    ]
+    assert refused.stderr.strip().splitlines() == [line]  # not a worker's crash, respawned
 
 
 @pytest.mark.parametrize("name", ["PORT", "WEB_CONCURRENCY", "WEB_THREADS", "WEB_TIMEOUT"])

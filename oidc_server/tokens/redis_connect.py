@@ -219,6 +219,23 @@ def _sentinel_target(parsed: _MultiHostUrl) -> tuple[str, int]:
     return parsed.path[0], db
 
 
+def check_url(url: str) -> None:
+    """Raise ``RedisUrlError`` if ``url`` cannot be understood; connects to nothing (so that a
+    server refuses a mistyped ``REDIS_URL`` once at start, not in each worker it forks)."""
+    scheme = scheme_of(url)
+    if scheme in SINGLE_SCHEMES:
+        try:
+            redis.connection.parse_url(url)
+        except ValueError as refused:  # names the option, never its value
+            raise RedisUrlError(f"{scheme}:// URL: {refused}") from None
+    elif scheme in CLUSTER_SCHEMES:
+        _parse_cluster(url)
+    elif scheme in SENTINEL_SCHEMES:
+        _sentinel_target(_parse_multi_host(url, DEFAULT_SENTINEL_PORT))
+    else:
+        raise _unsupported(scheme)
+
+
 def connect(url: str, **options: Any) -> RedisClient:
     """A client for the Redis deployment ``url`` names; ``options`` go to its connections."""
     scheme = scheme_of(url)
