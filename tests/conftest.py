@@ -135,14 +135,42 @@ def redis_cluster(tmp_path: Path) -> Iterator[list[int]]:
         yield ports
 
 
+@pytest.fixture(scope="session")
+def shared_redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
+    """A three-node Redis Cluster for the run, for tests that stop or move nothing in it; its
+    nodes' ports."""
+    with cluster_deployment(tmp_path_factory.mktemp("shared-cluster")) as ports:
+        yield ports
+
+
 @pytest.fixture
-def tls_cluster_url(tmp_path: Path) -> Iterator[str]:
-    """The ``REDIS_URL`` of a three-node Redis Cluster of this test's own that speaks TLS
-    only, with its private certificate authority (``rediss+cluster://...?ssl_ca_certs=``)."""
-    folder = tmp_path / "tls-cluster"
+def emptied_cluster(shared_redis_cluster: list[int]) -> list[int]:
+    """The run's shared Cluster, emptied for this test; its nodes' ports."""
+    for port in shared_redis_cluster:
+        with redis.Redis(port=port) as node:
+            node.flushdb()
+    return shared_redis_cluster
+
+
+@pytest.fixture(scope="session")
+def _shared_tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    folder = tmp_path_factory.mktemp("tls-cluster")
     with cluster_deployment(folder, tls=True) as ports:
         nodes = ",".join(f"127.0.0.1:{port}" for port in ports)
         yield f"rediss+cluster://{nodes}?ssl_ca_certs={folder / 'tls' / 'cert.pem'}"
+
+
+@pytest.fixture
+def tls_cluster_url(_shared_tls_cluster: str) -> str:
+    """The ``REDIS_URL`` of a three-node Redis Cluster that speaks TLS only, with its private
+    certificate authority (``rediss+cluster://...?ssl_ca_certs=``), emptied for this test.
+    One cluster serves the run: the tests that use it stop no node."""
+    from oidc_server.tokens import redis_connect
+
+    client = redis_connect.connect(_shared_tls_cluster)
+    client.flushdb(target_nodes="primaries")
+    client.close()
+    return _shared_tls_cluster
 
 
 @pytest.fixture(scope="session")

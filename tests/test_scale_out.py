@@ -474,8 +474,8 @@ def test_connect_finds_the_master_through_sentinel_over_tls(
     _exercise_token_store(client)
 
 
-def test_connect_speaks_to_a_redis_cluster(redis_cluster: list[int]) -> None:
-    nodes = ",".join(f"127.0.0.1:{p}" for p in redis_cluster[:2])  # discovery finds the third
+def test_connect_speaks_to_a_redis_cluster(emptied_cluster: list[int]) -> None:
+    nodes = ",".join(f"127.0.0.1:{p}" for p in emptied_cluster[:2])  # discovery finds the third
     client = redis_connect.connect(f"redis+cluster://{nodes}", **STORE_OPTIONS)
     assert isinstance(client, redis.cluster.RedisCluster)
     assert len(client.get_primaries()) == 3
@@ -497,10 +497,10 @@ def test_the_rate_limiter_shares_the_same_sentinel_and_database(
     assert len(stored) == 1
 
 
-def test_the_rate_limiter_shares_the_same_cluster(redis_cluster: list[int]) -> None:
+def test_the_rate_limiter_shares_the_same_cluster(emptied_cluster: list[int]) -> None:
     from limits.storage import storage_from_string
 
-    nodes = ",".join(f"127.0.0.1:{p}" for p in redis_cluster)
+    nodes = ",".join(f"127.0.0.1:{p}" for p in emptied_cluster)
     uri, options = redis_connect.limiter_storage(f"redis+cluster://{nodes}")
     storage = storage_from_string(uri, **options)
     assert storage.incr("scale-out-limit", 60) == 1

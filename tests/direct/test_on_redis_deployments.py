@@ -43,7 +43,7 @@ def deployed_app(request: pytest.FixtureRequest, settings: Any) -> Iterator[Flas
     elif request.param == "tls-sentinel":
         url = request.getfixturevalue("sentinel_over_tls").url(2)
     elif request.param == "cluster":
-        ports: list[int] = request.getfixturevalue("redis_cluster")
+        ports: list[int] = request.getfixturevalue("emptied_cluster")
         url = "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in ports)
     else:
         url = request.getfixturevalue("tls_cluster_url")

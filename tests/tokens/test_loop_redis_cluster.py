@@ -1,6 +1,6 @@
 """A Redis Cluster's pipelines on the event loop (``oidc_server.tokens.loop_redis_cluster``):
 each command on its slot's node, the replies in the commands' order, the cluster's changes
-followed. The tests that leave their cluster as they found it share one (``shared_cluster``);
+followed. The tests that leave their cluster as they found it share one (``emptied_cluster``);
 those that move a slot or kill a node have one of their own (``redis_cluster``)."""
 
 from __future__ import annotations
@@ -34,15 +34,9 @@ def client_of(ports: list[int]) -> RedisCluster:
     )
 
 
-@pytest.fixture(scope="module")
-def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
-    with cluster_deployment(tmp_path_factory.mktemp("shared-cluster")) as ports:
-        yield ports
-
-
 @pytest.fixture
-def shared_client(shared_cluster: list[int]) -> Iterator[RedisCluster]:
-    client = client_of(shared_cluster)
+def shared_client(emptied_cluster: list[int]) -> Iterator[RedisCluster]:
+    client = client_of(emptied_cluster)
     yield client
     client.close()
 
@@ -84,9 +78,9 @@ def test_redis_pys_cluster_client_is_read_on_the_loop(shared_client: RedisCluste
 
 
 def test_replies_are_redis_pys_in_the_commands_order_across_the_nodes(
-    shared_client: RedisCluster, shared_cluster: list[int]
+    shared_client: RedisCluster, emptied_cluster: list[int]
 ) -> None:
-    a, b, c = (key_on(shared_client, port, f"loop{n}") for n, port in enumerate(shared_cluster))
+    a, b, c = (key_on(shared_client, port, f"loop{n}") for n, port in enumerate(emptied_cluster))
     tagged = f"{{{a}}}"  # a hash tag: keys on a's slot
     shared_client.hset(f"{tagged}:hash", mapping={"f": "1"})
     shared_client.set(b, "bee")
@@ -120,11 +114,11 @@ def test_replies_are_redis_pys_in_the_commands_order_across_the_nodes(
 
 
 def test_the_loop_goes_on_while_a_node_has_not_answered(
-    shared_client: RedisCluster, shared_cluster: list[int]
+    shared_client: RedisCluster, emptied_cluster: list[int]
 ) -> None:
     loop_redis = on_the_loop(shared_client)
-    keys = [key_on(shared_client, port, "frozen") for port in shared_cluster]
-    frozen = process_id(shared_cluster[0])
+    keys = [key_on(shared_client, port, "frozen") for port in emptied_cluster]
+    frozen = process_id(emptied_cluster[0])
 
     async def while_frozen() -> tuple[int, list[Any]]:
         await loop_redis.send([("SET", key, "v") for key in keys])  # connected to all three
