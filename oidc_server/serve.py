@@ -31,6 +31,7 @@ crosses it. The main process imports the code first, so workers share those page
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import ctypes
 import gc
@@ -44,6 +45,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -128,7 +130,34 @@ class ServeSettings:
 
 
 def rsgi_app() -> Any:
-    """The factory granian calls in each worker: the Flask app behind the RSGI adapter."""
+    """The factory granian calls in each worker: the Flask app behind the RSGI adapter; or,
+    while a Redis Cluster cannot be reached, a stand-in that builds it once it can
+    (``WaitingForRedis``)."""
+    from .config import Settings
+    from .logs import configure_logging
+
+    heartbeats = os.environ.get(_HEARTBEATS_ENV)
+    on_loop_start = _heartbeat(Path(heartbeats)) if heartbeats else None
+    try:
+        return _built_app(on_loop_start)
+    except _redis_unreachable() as unreachable:
+        # A single server or Sentinel is connected on first use: only a Cluster's client
+        # (the token store's and the rate limiter's) reads the slot map as it is made.
+        configure_logging(Settings.from_env().log_level)
+        log.warning("Redis cannot be reached yet; not ready until it can: %s", unreachable)
+        return WaitingForRedis(lambda: _built_app(None), on_loop_start)
+
+
+def _redis_unreachable() -> tuple[type[Exception], ...]:
+    """What building the app raises when its Redis cannot be reached. A Cluster's client says
+    so with ``RedisClusterException`` (also for a node not in cluster mode: waited for too,
+    and logged)."""
+    import redis
+
+    return (redis.RedisClusterException, redis.ConnectionError, redis.TimeoutError)
+
+
+def _built_app(on_loop_start: Callable[[Any], None] | None) -> Any:
     from .app import create_app
     from .direct import answerer_for
     from .observability import ABANDONED
@@ -142,17 +171,81 @@ def rsgi_app() -> Any:
     # longer write into the pages the worker shares with the main process: 13 MB less of
     # each worker's own memory (PSS 67 -> 54 MB, docs/scaling.md, session 10).
     gc.freeze()
-    heartbeats = os.environ.get(_HEARTBEATS_ENV)
     return RSGIServer(
         app,
         threads=settings.threads,
         max_body=app.config["MAX_CONTENT_LENGTH"],
         body_timeout=float(settings.timeout) if settings.timeout else None,
-        on_loop_start=_heartbeat(Path(heartbeats)) if heartbeats else None,
+        on_loop_start=on_loop_start,
         on_abandoned=ABANDONED.inc,
         runs_on_loop=QuickRequests(app.url_map),
         answers_first=answerer_for(app),
     )
+
+
+class WaitingForRedis:
+    """A worker's RSGI app while its Redis Cluster cannot be reached: alive (``/health/live``
+    200), not ready, every other request 503 with ``Retry-After``; the real app is built again
+    in a thread every ``RETRY_SECONDS`` and serves every request from the moment it is built.
+    Without this the worker would exit, granian would find a crash loop and the server exit
+    (docs/scaling.md, Redis)."""
+
+    RETRY_SECONDS = 1.0
+    #: Between two log lines of the same waiting: one a minute, not one a second.
+    LOG_EVERY_SECONDS = 60.0
+
+    def __init__(
+        self, build: Callable[[], Any], on_loop_start: Callable[[Any], None] | None
+    ) -> None:
+        self._build = build
+        self._on_loop_start = on_loop_start
+        self._app: Any = None
+        self._stopped = threading.Event()
+
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._on_loop_start is not None:
+            self._on_loop_start(loop)
+        threading.Thread(target=self._keep_building, name="waiting-for-redis", daemon=True).start()
+
+    def _keep_building(self) -> None:
+        logged_at = time.monotonic()
+        while not self._stopped.wait(self.RETRY_SECONDS):
+            try:
+                self._app = self._build()
+            except _redis_unreachable() as unreachable:
+                if time.monotonic() - logged_at >= self.LOG_EVERY_SECONDS:
+                    logged_at = time.monotonic()
+                    log.warning("Redis cannot be reached yet: %s", unreachable)
+                continue
+            log.info("Redis reached: serving")
+            return
+
+    async def __rsgi__(self, scope: Any, protocol: Any) -> None:
+        app = self._app
+        if app is not None:
+            await app.__rsgi__(scope, protocol)
+            return
+        if scope.proto != "http":
+            protocol.close(1008)
+            return
+        headers: list[tuple[str, str]] = []
+        if scope.path == "/health/live":
+            status, body = 200, {"status": "ok"}
+        elif scope.path == "/health/ready":  # as the app's readiness says it
+            status, body = 503, {"status": "unavailable", "checks": {"token_store": False}}
+        else:
+            body = {
+                "error": "temporarily_unavailable",
+                "error_description": "the token store cannot be reached yet",
+            }
+            status, headers = 503, [("retry-after", "1")]
+        headers += [("content-type", "application/json"), ("cache-control", "no-store")]
+        protocol.response_bytes(status, headers, json.dumps(body).encode())
+
+    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._stopped.set()
+        if self._app is not None:
+            self._app.__rsgi_del__(loop)
 
 
 def _heartbeat(folder: Path) -> Any:
@@ -323,7 +416,7 @@ def build_server(settings: ServeSettings) -> Any:
 def check(settings: ServeSettings) -> dict[str, Any]:
     """Build one worker's app and the server from this environment, without serving; returns
     what would be served (``--check``: a deployment's command and variables, validated)."""
-    rsgi_app()
+    _built_app(None)  # strict: a Redis that cannot be reached is an error here
     build_server(settings)
     return {**asdict(settings), "head_timeout": settings.head_timeout, "bind": settings.bind}
 

@@ -29,9 +29,11 @@ from oidc_server.tokens.loop_redis import LoopRedis
 from oidc_server.tokens.loop_redis_cluster import LoopRedisCluster
 from tests.conftest import PASSWORD, make_client, password_login, seeded_app
 from tests.support.direct import app_answer, form_post, token_claims
+from tests.support.redis_deployments import cluster_deployment, free_cluster_port
 from tests.support.roles import machine_token, role_id
 from tests.support.rsgi_fakes import Headers, Scope
 from tests.support.server import production_server
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture(params=["tls", "tls-sentinel", "cluster", "tls-cluster"])
@@ -176,3 +178,38 @@ def test_the_production_server_answers_over_http_on_the_deployment(
         reused = call("POST", "/oauth/token", data=form)
         assert reused.status_code == 400 and reused.json()["error"] == "invalid_grant"
     assert '"level": "error"' not in server.log.read_text()
+
+
+def test_a_cluster_not_up_yet_is_waited_for_and_then_served(settings: Any, tmp_path: Path) -> None:
+    # A Cluster's client reads the slot map as it is made, so a worker built while no node
+    # answers used to exit, and granian, finding a crash loop, exited too. Now the worker is
+    # alive and not ready, and serves once the Cluster answers: same process, no respawn.
+    ports = [free_cluster_port() for _ in range(3)]
+    url = "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in ports)
+    with seeded_app(replace(settings, redis_url="redis://127.0.0.1:1/0")) as app:
+        machine = make_client(app.extensions["oidc"])
+    basic = (machine.client_id, machine.client_secret)
+    token_request = {"grant_type": "client_credentials"}
+    with production_server(
+        replace(settings, redis_url=url), tmp_path, until="/health/live"
+    ) as server:
+        ready = requests.get(server.url + "/health/ready", timeout=10)
+        refused = requests.post(
+            server.url + "/oauth/token", data=token_request, auth=basic, timeout=10
+        )
+        assert ready.status_code == 503 and ready.json()["checks"]["token_store"] is False
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
+        assert refused.json()["error"] == "temporarily_unavailable"
+
+        with cluster_deployment(tmp_path / "cluster", ports=ports):
+            wait_for(
+                lambda: requests.get(server.url + "/health/ready", timeout=10).ok,
+                "the server ready once the Cluster answers",
+            )
+            token = requests.post(
+                server.url + "/oauth/token", data=token_request, auth=basic, timeout=10
+            )
+            assert token.status_code == 200, token.text
+    log = server.log.read_text()
+    assert "Redis cannot be reached yet" in log and "Redis reached: serving" in log
+    assert "Respawning" not in log and '"level": "error"' not in log

@@ -272,19 +272,27 @@ def tls_redis(folder: Path) -> Iterator[TlsRedis]:
 
 @contextmanager
 def cluster_deployment(
-    folder: Path, *, tls: bool = False, with_replica: bool = False, quick_failure: bool = False
+    folder: Path,
+    *,
+    tls: bool = False,
+    with_replica: bool = False,
+    quick_failure: bool = False,
+    ports: list[int] | None = None,
 ) -> Iterator[list[int]]:
     """Three masters forming one Redis Cluster; their ports. With ``tls``, the nodes speak
-    TLS only, to clients and to each other, with the certificate ``folder / "tls/cert.pem"``.
-    With ``with_replica``, a fourth node replicates the first (its port comes last) and takes
-    over once the first has not answered for a second. With ``quick_failure``, a node that has
-    not answered for a second is failed (without a replica, the cluster is then down)."""
+        TLS only, to clients and to each other, with the certificate ``folder / "tls/cert.pem"``.
+        With ``with_replica``, a fourth node replicates the first (its port comes last) and takes
+        over once the first has not answered for a second. With ``quick_failure``, a node that has
+        not answered for a second is failed (without a replica, the cluster is then down). Its three
+    masters listen on ``ports`` if given (``free_cluster_port``), else on free ports."""
     nodes = []
     client: dict[str, Any] = {}
 
+    chosen = list(ports or [])
+
     def start_node(name: str) -> int:
         nonlocal client
-        port = free_cluster_port()
+        port = chosen.pop(0) if chosen else free_cluster_port()
         options = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
         if with_replica or quick_failure:
             options += ["--cluster-node-timeout", "1000"]
@@ -306,10 +314,10 @@ def cluster_deployment(
         assert done.returncode == 0, done.stdout + done.stderr
 
     try:
-        ports = [start_node(f"node{i}") for i in range(3)]
-        addresses = [f"127.0.0.1:{p}" for p in ports]
+        node_ports = [start_node(f"node{i}") for i in range(3)]
+        addresses = [f"127.0.0.1:{p}" for p in node_ports]
         cli("create", *addresses, "--cluster-replicas", "0", "--cluster-yes")
-        clients = [redis.Redis(host="127.0.0.1", port=p, **client) for p in ports]
+        clients = [redis.Redis(host="127.0.0.1", port=p, **client) for p in node_ports]
         wait_for(
             lambda: all(c.cluster("info")["cluster_state"] == "ok" for c in clients),
             "the cluster agreeing on its slots",
@@ -324,10 +332,10 @@ def cluster_deployment(
                 lambda: clients[3].info("replication").get("master_link_status") == "up",
                 "the replica in sync with its master",
             )
-            ports.append(replica)
+            node_ports.append(replica)
         for each in clients:
             each.close()
-        yield ports
+        yield node_ports
     finally:
         for process, _ in nodes:
             stop(process)

@@ -37,9 +37,12 @@ class RunningServer:
 
 
 @contextmanager
-def production_server(settings: Settings, folder: Path) -> Iterator[RunningServer]:
+def production_server(
+    settings: Settings, folder: Path, *, until: str = "/health/ready"
+) -> Iterator[RunningServer]:
     """The production server on ``settings`` (their database, Redis, keys and secret), one
-    worker, rate limits off, on a free port; ready to answer inside the block, stopped after."""
+    worker, rate limits off, on a free port; inside the block once ``until`` answers 200
+    (ready, unless told otherwise), stopped after."""
     port = free_port()
     env = {
         **settings_env(settings),
@@ -55,12 +58,12 @@ def production_server(settings: Settings, folder: Path) -> Iterator[RunningServe
     def ready() -> bool:
         assert process.poll() is None, running.log.read_text()[-3000:]
         try:
-            return requests.get(running.url + "/health/ready", timeout=5).status_code == 200
+            return requests.get(running.url + until, timeout=5).status_code == 200
         except requests.ConnectionError:
             return False
 
     try:
-        wait_for(ready, "the production server ready")
+        wait_for(ready, f"the production server answering {until}")
         yield running
     finally:
         process.terminate()
