@@ -145,7 +145,7 @@ def rsgi_app() -> Any:
         # (the token store's and the rate limiter's) reads the slot map as it is made.
         configure_logging(Settings.from_env().log_level)
         log.warning("Redis cannot be reached yet; not ready until it can: %s", unreachable)
-        return WaitingForRedis(lambda: _built_app(None), on_loop_start)
+        return WaitingForRedis(lambda: _built_app(None), on_loop_start, unreachable)
 
 
 def _redis_unreachable() -> tuple[type[Exception], ...]:
@@ -191,13 +191,17 @@ class WaitingForRedis:
     (docs/scaling.md, Redis)."""
 
     RETRY_SECONDS = 1.0
-    #: Between two log lines of the same waiting: one a minute, not one a second.
+    #: Between two log lines of the same failure: one a minute, not one a second.
     LOG_EVERY_SECONDS = 60.0
 
     def __init__(
-        self, build: Callable[[], Any], on_loop_start: Callable[[Any], None] | None
+        self,
+        build: Callable[[], Any],
+        on_loop_start: Callable[[Any], None] | None,
+        first_failure: Exception,
     ) -> None:
         self._build = build
+        self._first_failure = repr(first_failure)
         self._on_loop_start = on_loop_start
         self._app: Any = None
         self._stopped = threading.Event()
@@ -208,14 +212,18 @@ class WaitingForRedis:
         threading.Thread(target=self._keep_building, name="waiting-for-redis", daemon=True).start()
 
     def _keep_building(self) -> None:
-        logged_at = time.monotonic()
+        said, said_at = self._first_failure, time.monotonic()
         while not self._stopped.wait(self.RETRY_SECONDS):
             try:
                 self._app = self._build()
-            except _redis_unreachable() as unreachable:
-                if time.monotonic() - logged_at >= self.LOG_EVERY_SECONDS:
-                    logged_at = time.monotonic()
-                    log.warning("Redis cannot be reached yet: %s", unreachable)
+            except Exception as failed:  # the worker stays unready and tries again
+                now = time.monotonic()
+                if repr(failed) != said or now - said_at >= self.LOG_EVERY_SECONDS:
+                    said, said_at = repr(failed), now
+                    if isinstance(failed, _redis_unreachable()):
+                        log.warning("Redis cannot be reached yet: %s", failed)
+                    else:
+                        log.exception("building the app failed")
                 continue
             log.info("Redis reached: serving")
             return

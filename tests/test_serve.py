@@ -726,3 +726,63 @@ def test_the_production_adapter_freezes_what_the_worker_built(
     finally:
         gc.unfreeze()
         adapter.pool.shutdown()
+
+
+def test_a_worker_waiting_for_redis_says_each_new_failure_once_and_then_serves(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import asyncio
+
+    import redis
+
+    from oidc_server.serve import WaitingForRedis
+
+    from .support.rsgi_fakes import Headers, Protocol, Scope
+
+    served: list[str] = []
+
+    class Built:
+        async def __rsgi__(self, scope: Any, protocol: Any) -> None:
+            served.append(scope.path)
+
+        def __rsgi_del__(self, loop: Any) -> None:
+            pass
+
+    unreachable = redis.ConnectionError("Error 111 connecting to 127.0.0.1:7000")
+    failures: list[Exception] = [unreachable, unreachable, KeyError("a key file"), unreachable]
+
+    def build() -> Any:
+        if failures:
+            raise failures.pop(0)
+        return Built()
+
+    waiting = WaitingForRedis(build, None, unreachable)
+    waiting.RETRY_SECONDS = 0.01
+
+    def answer(path: str) -> Any:
+        protocol = Protocol()
+        asyncio.run(waiting.__rsgi__(Scope(Headers([]), method="GET", path=path), protocol))
+        return protocol.answered
+
+    assert answer("/health/live")[0] == 200
+    status, headers, body = answer("/api/v1/users/me")
+    assert (status, dict(headers)["retry-after"], json.loads(body)["error"]) == (
+        503,
+        "1",
+        "temporarily_unavailable",
+    )
+    loop = asyncio.new_event_loop()  # granian's: only handed on (no heartbeat here)
+    with caplog.at_level("INFO", logger="oidc_server.serve"):
+        waiting.__rsgi_init__(loop)
+        wait_for(lambda: waiting._app is not None, "the app built", deadline=10)
+    assert answer("/health/ready") is None and served == ["/health/ready"]
+    said = [(r.levelname, r.getMessage()) for r in caplog.records]
+    # The failure it started with is not said again; a new one is, and the old one once more
+    # when it comes back after it.
+    assert said == [
+        ("ERROR", "building the app failed"),
+        ("WARNING", "Redis cannot be reached yet: Error 111 connecting to 127.0.0.1:7000"),
+        ("INFO", "Redis reached: serving"),
+    ]
+    waiting.__rsgi_del__(loop)
+    loop.close()
