@@ -266,8 +266,8 @@ def test_over_tls_a_connection_redis_closes_is_noticed_and_replaced(
 
 
 def _through_sentinel(deployment: SentinelDeployment) -> LoopRedis:
-    tls = {**deployment.client_options, "socket_timeout": 2}
-    sentinel = Sentinel([("127.0.0.1", deployment.sentinel)], sentinel_kwargs=tls, **tls)
+    options = {**deployment.client_options, "socket_timeout": 2}  # TLS's, if it speaks TLS
+    sentinel = Sentinel([("127.0.0.1", deployment.sentinel)], sentinel_kwargs=options, **options)
     loop_redis = LoopRedis.for_client(sentinel.master_for(SERVICE))
     assert loop_redis is not None
     return loop_redis
