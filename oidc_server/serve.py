@@ -133,28 +133,28 @@ def rsgi_app() -> Any:
     """The factory granian calls in each worker: the Flask app behind the RSGI adapter; or,
     while a Redis Cluster cannot be reached, a stand-in that builds it once it can
     (``WaitingForRedis``)."""
-    from .config import Settings
-    from .logs import configure_logging
-
     heartbeats = os.environ.get(_HEARTBEATS_ENV)
     on_loop_start = _heartbeat(Path(heartbeats)) if heartbeats else None
     try:
         return _built_app(on_loop_start)
     except _redis_unreachable() as unreachable:
         # A single server or Sentinel is connected on first use: only a Cluster's client
-        # (the token store's and the rate limiter's) reads the slot map as it is made.
-        configure_logging(Settings.from_env().log_level)
+        # (the token store's and the rate limiter's) reads the slot map as it is made. The
+        # app had configured the logs before it reached Redis.
         log.warning("Redis cannot be reached yet; not ready until it can: %s", unreachable)
         return WaitingForRedis(lambda: _built_app(None), on_loop_start, unreachable)
 
 
 def _redis_unreachable() -> tuple[type[Exception], ...]:
-    """What building the app raises when its Redis cannot be reached. A Cluster's client says
-    so with ``RedisClusterException`` (also for a node not in cluster mode: waited for too,
+    """What building the app raises when its Redis cannot be reached: what the store calls
+    unavailable (``redis_connect.UNAVAILABLE``), and ``RedisClusterException``, by which a
+    Cluster's client says no node answered (also a node not in cluster mode: waited for too,
     and logged)."""
-    import redis
+    from redis.exceptions import RedisClusterException
 
-    return (redis.RedisClusterException, redis.ConnectionError, redis.TimeoutError)
+    from .tokens.redis_connect import UNAVAILABLE
+
+    return (RedisClusterException, *UNAVAILABLE)
 
 
 def _built_app(on_loop_start: Callable[[Any], None] | None) -> Any:

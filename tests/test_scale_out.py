@@ -405,8 +405,8 @@ def _exercise_token_store(client: Any) -> None:
     assert [s.sid for s in store.list_sessions("user-1")] == []
 
     # And gathered as the direct answers gather them (direct.round_trips): on the event loop's
-    # own connections (every deployment here is plain TCP), and by redis-py's blocking round
-    # trip, as over TLS.
+    # own connections (it takes every deployment a REDIS_URL names, TLS included), and by
+    # redis-py's blocking round trip, which clients the loop cannot take still use.
     for on_the_loop in (True, False):
         sid = uuid.uuid4().hex
         store.start_session(replace(session, sid=sid), "hash-1", replace(record, sid=sid), ttl=60)

@@ -186,7 +186,7 @@ def test_a_cluster_not_up_yet_is_waited_for_and_then_served(settings: Any, tmp_p
     # alive and not ready, and serves once the Cluster answers: same process, no respawn.
     ports = [free_cluster_port() for _ in range(3)]
     url = "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in ports)
-    with seeded_app(replace(settings, redis_url="redis://127.0.0.1:1/0")) as app:
+    with seeded_app(settings) as app:  # the database the server will find
         machine = make_client(app.extensions["oidc"])
     basic = (machine.client_id, machine.client_secret)
     token_request = {"grant_type": "client_credentials"}
